@@ -1,0 +1,629 @@
+//! [`Forwarder`]: the whole tunnel logic, minus IO. Feed it what arrived; it says where
+//! the bytes go next.
+//!
+//! This is the article's lametun as a state machine. Its two goroutines become two
+//! methods: [`handle_tun`](Forwarder::handle_tun) for a packet read from the TUN device
+//! and [`handle_udp`](Forwarder::handle_udp) for a datagram from the socket. Each returns
+//! an [`Outcome`] that the driver carries out. On top of the article:
+//!
+//! - the packet goes through the [`Pipeline`] of stages;
+//! - the packet-information header is written and checked here (see [`crate::wire`]);
+//! - the listening side learns its peer only from a datagram that the *whole* inbound
+//!   chain accepted. The Go program sets `raddr = addr` on any datagram, so anyone who
+//!   can send one UDP packet to port 1234 steals the return path; with an authenticating
+//!   stage in the chain, a forged datagram here changes nothing;
+//! - the connecting side accepts datagrams only from the server it was given;
+//! - keepalives (an empty inner packet through the whole chain) keep a NAT mapping and
+//!   the server's learned address fresh, and let the server learn a quiet client.
+//!
+//! The forwarder is shared by all driver threads (`&self` everywhere): counters are
+//! atomics and the peer address is swapped atomically.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+
+use crate::pipeline::{Dropped, Pipeline};
+use crate::ratelimit::{LogLimiter, LogPermit};
+use crate::telemetry::{SnapshotSource, TelemetryHandle, TunnelCounters, TunnelSnapshot};
+use crate::wire::{self, IpVersion};
+use crate::{DropReason, Overhead, PacketBuf, PacketMeta};
+
+/// How the forwarder finds its peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerMode {
+    /// The `-listen` side: learn the peer from the datagrams that the chain accepts, and
+    /// answer there.
+    Learn,
+    /// The `-server HOST` side: send to this address, accept datagrams only from it.
+    Fixed(SocketAddr),
+}
+
+/// Settings of a [`Forwarder`].
+#[derive(Clone, Copy, Debug)]
+pub struct ForwarderConfig {
+    /// Put the 4-byte packet-information header in every datagram (the Go lametun's
+    /// wire format).
+    pub packet_info: bool,
+    /// How the peer is found.
+    pub peer: PeerMode,
+    /// Send a keepalive when nothing was sent for this long (`None`: never).
+    pub keepalive: Option<Duration>,
+}
+
+/// Where to send a datagram: the peer's address, and the local address to send from
+/// (the one the peer's datagrams arrived at, so that a multi-homed server answers
+/// from the address the client knows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// The peer.
+    pub addr: SocketAddr,
+    /// Our source address for datagrams to it, if known.
+    pub local_ip: Option<IpAddr>,
+}
+
+/// What the driver must do with a packet after the forwarder looked at it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Send the buffer's bytes as one UDP datagram to this endpoint.
+    Send(Endpoint),
+    /// Write the buffer's bytes (an IP packet) to the TUN device.
+    WriteTun,
+    /// A keepalive arrived and was accepted; nothing to write.
+    Keepalive,
+    /// Dropped (already counted).
+    Drop(Dropped),
+}
+
+/// The tunnel logic without IO. See the [module documentation](self).
+pub struct Forwarder {
+    pipeline: Pipeline,
+    config: ForwarderConfig,
+    peer: ArcSwapOption<Endpoint>,
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last datagram sent, plus one (0 = never).
+    last_sent_ms: AtomicU64,
+    counters: TunnelCounters,
+    drop_log: LogLimiter,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("pipeline", &self.pipeline)
+            .field("config", &self.config)
+            .field("peer", &self.peer())
+            .finish_non_exhaustive()
+    }
+}
+
+fn core_drop(reason: DropReason) -> Dropped {
+    Dropped {
+        stage: None,
+        stage_type: "core",
+        reason,
+    }
+}
+
+/// `::ffff:a.b.c.d` (how a dual-stack socket reports an IPv4 sender) as `a.b.c.d`.
+pub fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+impl Forwarder {
+    /// A forwarder for `pipeline` and attaches `telemetry` (the handle given to the
+    /// stages at build time) to it. `now` is the start of its clock.
+    pub fn new(
+        pipeline: Pipeline,
+        config: ForwarderConfig,
+        telemetry: &TelemetryHandle,
+        now: Instant,
+    ) -> Arc<Self> {
+        let peer = match config.peer {
+            PeerMode::Fixed(addr) => Some(Arc::new(Endpoint {
+                addr: canonical(addr),
+                local_ip: None,
+            })),
+            PeerMode::Learn => None,
+        };
+        let fwd = Arc::new(Self {
+            pipeline,
+            config,
+            peer: ArcSwapOption::new(peer),
+            epoch: now,
+            last_sent_ms: AtomicU64::new(0),
+            counters: TunnelCounters::default(),
+            drop_log: LogLimiter::new(10),
+        });
+        let weak: std::sync::Weak<dyn SnapshotSource> = Arc::downgrade(&fwd) as _;
+        telemetry.attach(weak);
+        fwd
+    }
+
+    /// The stage chain.
+    pub fn pipeline(&self) -> &Pipeline {
+        &self.pipeline
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ForwarderConfig {
+        &self.config
+    }
+
+    /// The tunnel's counters.
+    pub fn counters(&self) -> &TunnelCounters {
+        &self.counters
+    }
+
+    /// Bytes added in front of an inner packet on its way out (packet info + stages):
+    /// the head room every buffer needs.
+    pub fn headroom(&self) -> usize {
+        self.packet_info_len() + self.pipeline.overhead().head
+    }
+
+    /// Bytes added behind an inner packet on its way out: the tail room every buffer needs.
+    pub fn tailroom(&self) -> usize {
+        self.pipeline.overhead().tail
+    }
+
+    /// Everything added inside the UDP payload.
+    pub fn overhead(&self) -> Overhead {
+        Overhead::new(self.headroom(), self.tailroom())
+    }
+
+    fn packet_info_len(&self) -> usize {
+        if self.config.packet_info {
+            crate::mtu::PACKET_INFO_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Where datagrams go now. The driver reads it once per batch.
+    pub fn peer(&self) -> Option<Endpoint> {
+        self.peer.load().as_deref().copied()
+    }
+
+    /// A packet read from the TUN device, to be sent to `peer` (what [`peer`](Self::peer)
+    /// returned for this batch). On [`Outcome::Send`] the buffer holds the datagram.
+    pub fn handle_tun(
+        &self,
+        pkt: &mut PacketBuf<'_>,
+        peer: Option<&Endpoint>,
+        now: Instant,
+    ) -> Outcome {
+        self.counters.tun_rx_packets.inc();
+        self.counters.tun_rx_bytes.add(pkt.len() as u64);
+        // The device only hands us IP packets; a packet that is not one would have no
+        // EtherType for the packet-information header.
+        let Some(version) = IpVersion::of(pkt.as_slice()) else {
+            return self.drop_outbound(DropReason::Malformed, now);
+        };
+        // The article's "UDP connection to server has not been established yet".
+        let Some(peer) = peer else {
+            return self.drop_outbound(DropReason::NoPeer, now);
+        };
+        self.seal(pkt, version, *peer, now)
+    }
+
+    /// Runs an outbound packet (or an empty keepalive) through the chain and frames it.
+    fn seal(
+        &self,
+        pkt: &mut PacketBuf<'_>,
+        version: IpVersion,
+        peer: Endpoint,
+        now: Instant,
+    ) -> Outcome {
+        let meta = PacketMeta::new(now, Some(peer.addr));
+        if let Err(dropped) = self.pipeline.outbound(pkt, &meta) {
+            self.log_drop(dropped, now, None);
+            return Outcome::Drop(dropped);
+        }
+        if self.config.packet_info {
+            pkt.prepend(crate::mtu::PACKET_INFO_LEN)
+                .copy_from_slice(&wire::packet_info(version));
+        }
+        self.counters.core_outbound.pass();
+        Outcome::Send(peer)
+    }
+
+    fn drop_outbound(&self, reason: DropReason, now: Instant) -> Outcome {
+        self.counters.core_outbound.drop_for(reason);
+        let dropped = core_drop(reason);
+        if reason != DropReason::NoPeer {
+            self.log_drop(dropped, now, None);
+        }
+        Outcome::Drop(dropped)
+    }
+
+    fn drop_inbound(&self, reason: DropReason, from: SocketAddr, now: Instant) -> Outcome {
+        self.counters.core_inbound.drop_for(reason);
+        let dropped = core_drop(reason);
+        self.log_drop(dropped, now, Some(from));
+        Outcome::Drop(dropped)
+    }
+
+    fn log_drop(&self, dropped: Dropped, now: Instant, from: Option<SocketAddr>) {
+        if let LogPermit::Log { suppressed } = self.drop_log.check(now) {
+            tracing::debug!(
+                stage = dropped.stage_type,
+                reason = %dropped.reason,
+                from = ?from,
+                suppressed,
+                "dropped a packet"
+            );
+        }
+    }
+
+    /// A datagram received from `from` on local address `local_ip`. On
+    /// [`Outcome::WriteTun`] the buffer holds the IP packet.
+    pub fn handle_udp(
+        &self,
+        pkt: &mut PacketBuf<'_>,
+        from: SocketAddr,
+        local_ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Outcome {
+        self.counters.udp_rx_datagrams.inc();
+        self.counters.udp_rx_bytes.add(pkt.len() as u64);
+        let from = canonical(from);
+        if let PeerMode::Fixed(server) = self.config.peer
+            && canonical(server) != from
+        {
+            return self.drop_inbound(DropReason::UnknownSource, from, now);
+        }
+        let claimed = if self.config.packet_info {
+            let Some(header) = pkt.strip_front(crate::mtu::PACKET_INFO_LEN) else {
+                return self.drop_inbound(DropReason::TooShort, from, now);
+            };
+            let header: [u8; 4] = (&*header).try_into().expect("4 bytes");
+            match IpVersion::from_ethertype(wire::parse_packet_info(&header)) {
+                Some(v) => Some(v),
+                None => return self.drop_inbound(DropReason::Malformed, from, now),
+            }
+        } else {
+            None
+        };
+        let meta = PacketMeta::new(now, Some(from));
+        if let Err(dropped) = self.pipeline.inbound(pkt, &meta) {
+            self.log_drop(dropped, now, Some(from));
+            return Outcome::Drop(dropped);
+        }
+        if pkt.is_empty() {
+            self.counters.core_inbound.pass();
+            self.counters.keepalives_received.inc();
+            self.learn(from, local_ip);
+            return Outcome::Keepalive;
+        }
+        match wire::check_ip(pkt.as_slice()) {
+            Ok(version) if claimed.is_none_or(|c| c == version) => {}
+            Ok(_) => return self.drop_inbound(DropReason::Malformed, from, now),
+            Err(reason) => return self.drop_inbound(reason, from, now),
+        }
+        self.counters.core_inbound.pass();
+        self.learn(from, local_ip);
+        Outcome::WriteTun
+    }
+
+    /// Remembers `from` as the peer (listening side only). Called only for datagrams the
+    /// whole chain accepted.
+    fn learn(&self, from: SocketAddr, local_ip: Option<IpAddr>) {
+        if self.config.peer != PeerMode::Learn {
+            return;
+        }
+        let new = Endpoint {
+            addr: from,
+            local_ip,
+        };
+        let current = self.peer.load();
+        if current.as_deref() == Some(&new) {
+            return;
+        }
+        match current.as_deref() {
+            None => tracing::info!(peer = %from, "learned the peer's address"),
+            Some(old) if old.addr != from => {
+                tracing::info!(old = %old.addr, new = %from, "peer address changed")
+            }
+            Some(_) => {
+                tracing::debug!(peer = %from, local = ?local_ip, "peer's local address changed")
+            }
+        }
+        self.counters.peer_changes.inc();
+        self.peer.store(Some(Arc::new(new)));
+    }
+
+    /// The driver reports that it sent datagrams at `now` (once per batch is enough).
+    pub fn note_sent(&self, now: Instant) {
+        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
+        self.last_sent_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// If a keepalive is due at `now`, builds it in `pkt` (which must be empty, with the
+    /// forwarder's head and tail room) and says where to send it. Due means: keepalives
+    /// are on, a peer is known, and nothing was sent for the keepalive interval (or
+    /// nothing was ever sent: the first one goes out at once, so that the server learns
+    /// a client that has no traffic yet).
+    pub fn poll_keepalive(&self, pkt: &mut PacketBuf<'_>, now: Instant) -> Option<Endpoint> {
+        let interval = self.config.keepalive?;
+        let peer = self.peer()?;
+        let last = self.last_sent_ms.load(Ordering::Relaxed);
+        if last != 0 {
+            let since = now
+                .saturating_duration_since(self.epoch)
+                .saturating_sub(Duration::from_millis(last - 1));
+            if since < interval {
+                return None;
+            }
+        }
+        debug_assert!(pkt.is_empty());
+        // An empty packet has no IP version; the header says IPv4, which the kernel of a
+        // Go lametun peer accepts for a 4-byte write (and then discards as too short).
+        match self.seal(pkt, IpVersion::V4, peer, now) {
+            Outcome::Send(to) => {
+                self.counters.keepalives_sent.inc();
+                self.note_sent(now);
+                Some(to)
+            }
+            _ => None,
+        }
+    }
+
+    /// Gives the stages the time (about once a second).
+    pub fn handle_tick(&self, now: Instant) {
+        self.pipeline.on_tick(now);
+    }
+}
+
+impl SnapshotSource for Forwarder {
+    fn snapshot(&self) -> TunnelSnapshot {
+        TunnelSnapshot {
+            peer: self.peer().map(|p| p.addr),
+            counters: self.counters.values(),
+            core_outbound: self.counters.core_outbound.snapshot(),
+            core_inbound: self.counters.core_inbound.snapshot(),
+            stages: self.pipeline.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Stage, Verdict};
+
+    const SERVER: &str = "192.0.2.1:1234";
+    const CLIENT: &str = "198.51.100.7:40000";
+
+    fn icmp_v4() -> Vec<u8> {
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&28u16.to_be_bytes());
+        p[9] = 1;
+        p
+    }
+
+    fn fwd(peer: PeerMode, packet_info: bool, pipeline: Pipeline) -> Arc<Forwarder> {
+        Forwarder::new(
+            pipeline,
+            ForwarderConfig {
+                packet_info,
+                peer,
+                keepalive: Some(Duration::from_secs(25)),
+            },
+            &TelemetryHandle::default(),
+            Instant::now(),
+        )
+    }
+
+    /// Drops every inbound datagram whose first byte is 0xff: a stand-in for an
+    /// authenticating stage.
+    struct Auth;
+    impl Stage for Auth {
+        fn inbound(&self, pkt: &mut PacketBuf<'_>, _: &PacketMeta) -> Verdict {
+            if pkt.as_slice().first() == Some(&0xff) {
+                Verdict::Drop(DropReason::BadTag)
+            } else {
+                Verdict::Pass
+            }
+        }
+    }
+
+    #[test]
+    fn outbound_writes_the_go_wire_format() {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let f = fwd(PeerMode::Fixed(server), true, Pipeline::new());
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, f.headroom(), &icmp_v4());
+        let peer = f.peer();
+        assert_eq!(
+            f.handle_tun(&mut pkt, peer.as_ref(), Instant::now()),
+            Outcome::Send(Endpoint {
+                addr: server,
+                local_ip: None
+            })
+        );
+        assert_eq!(&pkt.as_slice()[..4], &[0, 0, 0x08, 0x00]);
+        assert_eq!(&pkt.as_slice()[4..], &icmp_v4()[..]);
+    }
+
+    #[test]
+    fn listener_has_no_peer_until_a_datagram_arrives_then_answers_it() {
+        let f = fwd(PeerMode::Learn, true, Pipeline::new());
+        let now = Instant::now();
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, f.headroom(), &icmp_v4());
+        assert!(matches!(
+            f.handle_tun(&mut pkt, None, now),
+            Outcome::Drop(Dropped {
+                reason: DropReason::NoPeer,
+                ..
+            })
+        ));
+
+        let client: SocketAddr = CLIENT.parse().unwrap();
+        let mut datagram = vec![0, 0, 0x08, 0x00];
+        datagram.extend(icmp_v4());
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &datagram);
+        assert_eq!(f.handle_udp(&mut pkt, client, None, now), Outcome::WriteTun);
+        assert_eq!(pkt.as_slice(), &icmp_v4()[..]);
+        assert_eq!(f.peer().unwrap().addr, client);
+        assert_eq!(f.counters().peer_changes.get(), 1);
+    }
+
+    #[test]
+    fn v4_mapped_sources_are_canonical() {
+        let f = fwd(PeerMode::Learn, false, Pipeline::new());
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        let mapped: SocketAddr = "[::ffff:198.51.100.7]:40000".parse().unwrap();
+        assert_eq!(
+            f.handle_udp(&mut pkt, mapped, None, Instant::now()),
+            Outcome::WriteTun
+        );
+        assert_eq!(f.peer().unwrap().addr, CLIENT.parse().unwrap());
+    }
+
+    #[test]
+    fn a_datagram_the_chain_refuses_does_not_move_the_peer() {
+        let mut p = Pipeline::new();
+        p.push("auth", "auth", Box::new(Auth));
+        let f = fwd(PeerMode::Learn, false, p);
+        let now = Instant::now();
+        let client: SocketAddr = CLIENT.parse().unwrap();
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        assert_eq!(f.handle_udp(&mut pkt, client, None, now), Outcome::WriteTun);
+
+        let attacker: SocketAddr = "203.0.113.66:1234".parse().unwrap();
+        let mut forged = icmp_v4();
+        forged[0] = 0xff;
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &forged);
+        assert!(matches!(
+            f.handle_udp(&mut pkt, attacker, None, now),
+            Outcome::Drop(Dropped {
+                stage: Some(0),
+                reason: DropReason::BadTag,
+                ..
+            })
+        ));
+        assert_eq!(f.peer().unwrap().addr, client);
+    }
+
+    #[test]
+    fn garbage_is_dropped_and_counted_by_reason() {
+        let f = fwd(PeerMode::Learn, true, Pipeline::new());
+        let now = Instant::now();
+        let from: SocketAddr = CLIENT.parse().unwrap();
+        let cases: &[(&[u8], &str)] = &[
+            (b"\x00\x00", "too_short"),
+            (b"\x00\x00\x08\x06abcdefgh", "malformed"), // ARP EtherType
+            (b"\x00\x00\x08\x00\x45\x00", "too_short"), // truncated IPv4 header
+            (b"\x00\x00\x86\xdd\x45\x00\x00\x14\x00\x00\x00\x00\x40\x01\x00\x00\x0a\x00\x00\x01\x0a\x00\x00\x02", "malformed"), // header says IPv6, packet is IPv4
+            (b"\x00\x00\x08\x00\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15\x15", "malformed"), // version 1
+        ];
+        for (datagram, _) in cases {
+            let mut storage = [0u8; 64];
+            let mut pkt = PacketBuf::with_data(&mut storage, 0, datagram);
+            assert!(matches!(
+                f.handle_udp(&mut pkt, from, None, now),
+                Outcome::Drop(_)
+            ));
+        }
+        let drops = f.counters().core_inbound.snapshot();
+        assert_eq!(drops.dropped_for("too_short"), 2);
+        assert_eq!(drops.dropped_for("malformed"), 3);
+        assert!(
+            f.peer().is_none(),
+            "garbage must not teach the listener a peer"
+        );
+    }
+
+    #[test]
+    fn client_ignores_datagrams_from_other_addresses() {
+        let f = fwd(
+            PeerMode::Fixed(SERVER.parse().unwrap()),
+            false,
+            Pipeline::new(),
+        );
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        let other: SocketAddr = "192.0.2.99:1234".parse().unwrap();
+        assert!(matches!(
+            f.handle_udp(&mut pkt, other, None, Instant::now()),
+            Outcome::Drop(Dropped {
+                reason: DropReason::UnknownSource,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn keepalives_go_out_at_once_then_after_idle_intervals_and_teach_the_listener() {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let t0 = Instant::now();
+        let client = fwd(PeerMode::Fixed(server), true, Pipeline::new());
+        let mut storage = [0u8; 64];
+        let room = client.headroom();
+        let mut pkt = PacketBuf::new(&mut storage, room, 0);
+        assert_eq!(client.poll_keepalive(&mut pkt, t0).unwrap().addr, server);
+        assert_eq!(pkt.as_slice(), &[0, 0, 0x08, 0x00]);
+
+        let mut pkt = PacketBuf::new(&mut storage, room, 0);
+        assert!(
+            client
+                .poll_keepalive(&mut pkt, t0 + Duration::from_secs(10))
+                .is_none()
+        );
+        client.note_sent(t0 + Duration::from_secs(20));
+        let mut pkt = PacketBuf::new(&mut storage, room, 0);
+        assert!(
+            client
+                .poll_keepalive(&mut pkt, t0 + Duration::from_secs(40))
+                .is_none()
+        );
+        let mut pkt = PacketBuf::new(&mut storage, room, 0);
+        assert!(
+            client
+                .poll_keepalive(&mut pkt, t0 + Duration::from_secs(45))
+                .is_some()
+        );
+        assert_eq!(client.counters().keepalives_sent.get(), 2);
+
+        let listener = fwd(PeerMode::Learn, true, Pipeline::new());
+        let from: SocketAddr = CLIENT.parse().unwrap();
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &[0, 0, 0x08, 0x00]);
+        assert_eq!(
+            listener.handle_udp(&mut pkt, from, None, t0),
+            Outcome::Keepalive
+        );
+        assert_eq!(listener.peer().unwrap().addr, from);
+        assert_eq!(listener.counters().keepalives_received.get(), 1);
+    }
+
+    #[test]
+    fn snapshot_is_reachable_through_the_telemetry_handle() {
+        let handle = TelemetryHandle::default();
+        assert!(handle.snapshot().is_none());
+        let f = Forwarder::new(
+            Pipeline::new(),
+            ForwarderConfig {
+                packet_info: false,
+                peer: PeerMode::Learn,
+                keepalive: None,
+            },
+            &handle,
+            Instant::now(),
+        );
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        let _ = f.handle_udp(&mut pkt, CLIENT.parse().unwrap(), None, Instant::now());
+        let snap = handle.snapshot().unwrap();
+        assert_eq!(snap.counters.udp_rx_datagrams, 1);
+        assert_eq!(snap.peer, Some(CLIENT.parse().unwrap()));
+        drop(f);
+        assert!(handle.snapshot().is_none());
+    }
+}

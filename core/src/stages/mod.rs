@@ -1,0 +1,3 @@
+//! Stages that live in the core.
+
+pub mod passthrough;
