@@ -87,9 +87,36 @@ fn build(name: &str, multi_queue: bool, offload: bool) -> io::Result<SyncDevice>
         .build_sync()
 }
 
+/// `IFF_PERSIST` in `/sys/class/net/NAME/tun_flags`.
+const IFF_PERSIST: u32 = 0x0800;
+
+/// Refuses a TUN device that another process holds. A device that is not persistent
+/// exists only while some process has it open. (The kernel would refuse a second opener
+/// of a single-queue device with `EBUSY`, but lets it attach to a multi-queue one as one
+/// more queue, silently splitting the traffic between two tunnels.)
+fn check_not_in_use(name: &str) -> Result<(), SetupError> {
+    let dev = std::path::Path::new("/sys/class/net").join(name);
+    if dev.exists() && !dev.join("tun_flags").exists() {
+        return Err(SetupError(format!(
+            "{name} exists and is not a TUN device: choose another -device name"
+        )));
+    }
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags"));
+    if let Ok(flags) = flags
+        && let Ok(flags) = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        && flags & IFF_PERSIST == 0
+    {
+        return Err(SetupError(format!(
+            "TUN device {name} is in use by another process (is another lametun running on it?)"
+        )));
+    }
+    Ok(())
+}
+
 /// Opens (or creates) TUN device `name` with up to `workers` queues, with offloads if
 /// `offload` and the kernel has them. Falls back to one queue and no offload.
 pub fn open(name: &str, workers: usize, offload: bool) -> Result<Tun, SetupError> {
+    check_not_in_use(name)?;
     let mut attempts = Vec::new();
     if workers > 1 {
         attempts.push((true, offload));
@@ -212,6 +239,26 @@ pub async fn configure(
         Ok(())
     }
     .await;
+    conn.abort();
+    result
+}
+
+/// Changes the MTU of the device with index `index` (the listener adapts it to the
+/// address family of the peer it learned).
+pub async fn set_mtu(index: u32, mtu: u16) -> Result<(), SetupError> {
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| SetupError(format!("cannot open a netlink socket: {e}")))?;
+    let conn = tokio::spawn(conn);
+    let result = handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .mtu(u32::from(mtu))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| SetupError(format!("cannot set MTU {mtu}: {e}")));
     conn.abort();
     result
 }

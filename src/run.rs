@@ -3,7 +3,7 @@
 //! Start-up does everything that can fail before any traffic: resolve the server, build
 //! the stage chain, compute the MTU, open the TUN device and the socket. Each failure is
 //! one clear message and exit code 2. Then the driver threads start (see
-//! [`driver`](crate::driver)) and this thread keeps the time: once a second it gives the
+//! [`crate::driver`]) and this thread keeps the time: once a second it gives the
 //! stages a tick and sends a keepalive when one is due, until SIGINT or SIGTERM.
 
 use std::future::Future;
@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lametun_core::config::{Role, TunnelConfig};
+use lametun_core::config::{MtuSetting, Role, TunnelConfig};
 use lametun_core::mtu::{MtuBudget, OuterIp};
 use lametun_core::ratelimit::LogLimiter;
 use lametun_core::{
@@ -72,8 +72,8 @@ pub struct Endpoints {
 }
 
 /// Resolves the role into socket addresses. A listener bound to the dual-stack wildcard
-/// may get IPv6 peers, so its MTU assumes the 40-byte IPv6 header unless `peer.bind`
-/// says IPv4.
+/// takes peers of both families; its MTU starts from the IPv4 header, like the client of
+/// an IPv4 server, and is lowered while its peer is an IPv6 address (see [`MtuFollower`]).
 pub fn endpoints(config: &TunnelConfig) -> Result<Endpoints, Failure> {
     let role = config
         .peer
@@ -86,7 +86,11 @@ pub fn endpoints(config: &TunnelConfig) -> Result<Endpoints, Failure> {
             Endpoints {
                 bind,
                 server: None,
-                outer: outer_of(bind.ip()),
+                outer: if bind.ip().is_unspecified() {
+                    OuterIp::V4
+                } else {
+                    outer_of(bind.ip())
+                },
             }
         }
         Role::Connect(host) => {
@@ -175,7 +179,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
     tracing::info!(
         "{}: MTU {mtu} ({})",
         tun.name,
-        if matches!(config.device.mtu, lametun_core::config::MtuSetting::Auto) {
+        if matches!(config.device.mtu, MtuSetting::Auto) {
             budget.to_string()
         } else {
             "set in the config".to_owned()
@@ -236,13 +240,34 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
         background.spawn(task);
     }
 
-    let outcome = control_loop(&fwd, &udp, &mut exit_rx).await;
+    let follower = (ends.server.is_none()
+        && ends.bind.ip().is_unspecified()
+        && ends.bind.is_ipv6()
+        && config.device.mtu == MtuSetting::Auto)
+        .then(|| {
+            let v6 = config
+                .mtu_budget(OuterIp::V6, fwd.pipeline().overhead())
+                .tun_mtu()
+                .ok()?;
+            Some(MtuFollower {
+                index: tun.index,
+                name: tun.name.clone(),
+                v4: mtu,
+                v6,
+                current: mtu,
+            })
+        })
+        .flatten();
+    let outcome = control_loop(&fwd, &udp, follower, &mut exit_rx).await;
     cancel.cancel();
     background.abort_all();
     for t in threads {
         let _ = t.join();
     }
-    tracing::info!("stopped");
+    tracing::info!(
+        "stopped: {}",
+        summary(&lametun_core::telemetry::SnapshotSource::snapshot(&*fwd))
+    );
     outcome
 }
 
@@ -268,9 +293,39 @@ where
     .map_err(|e| Failure::Runtime(format!("cannot start a thread: {e}")))
 }
 
+/// Keeps the MTU of a dual-stack listener right for the family of its current peer:
+/// the outer IPv6 header is 20 bytes longer than the IPv4 one, so while the peer is an
+/// IPv6 address full-size packets must be 20 bytes smaller, or they would not fit the
+/// underlay (the socket sets don't-fragment). TCP picks the new MTU up by itself.
+pub struct MtuFollower {
+    index: u32,
+    name: String,
+    v4: u16,
+    v6: u16,
+    current: u16,
+}
+
+impl MtuFollower {
+    async fn follow(&mut self, peer: Option<SocketAddr>) {
+        let Some(peer) = peer else { return };
+        let want = if peer.is_ipv6() { self.v6 } else { self.v4 };
+        if want == self.current {
+            return;
+        }
+        match device::set_mtu(self.index, want).await {
+            Ok(()) => {
+                tracing::info!(peer = %peer, "{}: MTU {want} for an {} peer", self.name, if peer.is_ipv6() { "IPv6" } else { "IPv4" });
+                self.current = want;
+            }
+            Err(e) => tracing::warn!("{}: {e}", self.name),
+        }
+    }
+}
+
 async fn control_loop(
     fwd: &Arc<Forwarder>,
     udp: &udp::Udp,
+    mut follower: Option<MtuFollower>,
     exits: &mut tokio::sync::mpsc::UnboundedReceiver<ThreadExit>,
 ) -> Result<(), Failure> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -286,6 +341,9 @@ async fn control_loop(
             _ = tick.tick() => {
                 let now = Instant::now();
                 fwd.handle_tick(now);
+                if let Some(f) = follower.as_mut() {
+                    f.follow(fwd.peer().map(|p| p.addr)).await;
+                }
                 let mut pkt = PacketBuf::new(&mut keepalive, fwd.headroom(), 0);
                 if let Some(to) = fwd.poll_keepalive(&mut pkt, now) {
                     let t = Transmit { destination: to.addr, ecn: None, contents: pkt.as_slice(), segment_size: None, src_ip: to.local_ip };
@@ -311,4 +369,43 @@ async fn control_loop(
             }
         }
     }
+}
+
+/// One line with the main counters and every drop, for the log at shutdown.
+pub fn summary(snap: &lametun_core::TunnelSnapshot) -> String {
+    let c = &snap.counters;
+    let mut line = format!(
+        "tun rx {} tx {} packets, udp rx {} tx {} datagrams, keepalives rx {} tx {}",
+        c.tun_rx_packets,
+        c.tun_tx_packets,
+        c.udp_rx_datagrams,
+        c.udp_tx_datagrams,
+        c.keepalives_received,
+        c.keepalives_sent
+    );
+    let mut drops = Vec::new();
+    for (dir, d) in [("out", &snap.core_outbound), ("in", &snap.core_inbound)] {
+        for (reason, n) in &d.drops {
+            drops.push(format!("core {dir} {reason} {n}"));
+        }
+    }
+    for s in &snap.stages {
+        for (dir, d) in [("out", &s.outbound), ("in", &s.inbound)] {
+            for (reason, n) in &d.drops {
+                drops.push(format!("{} {dir} {reason} {n}", s.label));
+            }
+        }
+    }
+    if !drops.is_empty() {
+        line.push_str(", dropped: ");
+        line.push_str(&drops.join(", "));
+    }
+    let errors = c.tun_read_errors + c.tun_write_errors + c.udp_send_errors + c.udp_recv_errors;
+    if errors > 0 {
+        line.push_str(&format!(
+            ", errors: tun read {} write {}, udp send {} recv {}",
+            c.tun_read_errors, c.tun_write_errors, c.udp_send_errors, c.udp_recv_errors
+        ));
+    }
+    line
 }

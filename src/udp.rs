@@ -164,9 +164,8 @@ mod tests {
     #[test]
     fn a_port_in_use_is_explained() {
         let first = bind(SocketAddr::from(([127, 0, 0, 1], 0)), 1 << 16, true).unwrap();
-        let e = match bind(first.local, 1 << 16, true) {
-            Err(e) => e,
-            Ok(_) => panic!("bound a port in use"),
+        let Err(e) = bind(first.local, 1 << 16, true) else {
+            panic!("bound a port in use")
         };
         assert!(e.0.contains("is in use"), "{e}");
     }
