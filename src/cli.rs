@@ -275,7 +275,7 @@ fn print_stages() {
 pub fn check_config(file: &Path) -> Result<(), Failure> {
     let config = load_config(file)?;
     let telemetry = lametun_core::TelemetryHandle::default();
-    let pipeline = run::build_pipeline(&config, &telemetry)?;
+    let pipeline = run::check_pipeline(&config, &telemetry)?;
     println!("config: {}", file.display());
     let (role, outer, note) = match &config.peer.role {
         None => (

@@ -116,11 +116,28 @@ pub fn build_pipeline(
     config: &TunnelConfig,
     telemetry: &TelemetryHandle,
 ) -> Result<Pipeline, Failure> {
+    build_with(config, build_context(config, telemetry))
+}
+
+/// Builds the stage chain of `config` only to check it (`lametun check-config`): a dry
+/// run, in which stages create no file and bind no socket (see
+/// [`BuildContext::dry_run`]), so that checking the file of a running tunnel is harmless.
+pub fn check_pipeline(
+    config: &TunnelConfig,
+    telemetry: &TelemetryHandle,
+) -> Result<Pipeline, Failure> {
+    build_with(config, build_context(config, telemetry).into_dry_run())
+}
+
+fn build_context(config: &TunnelConfig, telemetry: &TelemetryHandle) -> BuildContext {
     let dir = config
         .file()
         .and_then(|f| f.parent())
         .map(|d| d.to_path_buf());
-    let cx = BuildContext::new(dir, telemetry.clone());
+    BuildContext::new(dir, telemetry.clone())
+}
+
+fn build_with(config: &TunnelConfig, cx: BuildContext) -> Result<Pipeline, Failure> {
     config
         .build_pipeline(&cx)
         .map_err(|e| Failure::Setup(e.to_string()))

@@ -43,10 +43,15 @@ pub trait StageConfig: DeserializeOwned + 'static {
     /// Validates the config and builds the stage. Runs once at start-up, and may read
     /// files (keys) and bind sockets (endpoints); it must not start any traffic.
     /// Report every problem found, not only the first (see [`BuildError::push`]).
+    ///
+    /// `lametun check-config` builds the stages too, as a dry run
+    /// ([`BuildContext::dry_run`]): then validate, but create no file, bind no socket
+    /// and start no thread.
     fn build(self, cx: &BuildContext) -> Result<Self::Stage, BuildError>;
 }
 
 type BuildFn = fn(&yaml_serde::Value, &BuildContext) -> Result<Box<dyn Stage>, BuildError>;
+type ParseFn = fn(&yaml_serde::Value) -> Result<(), BuildError>;
 
 /// A registered stage type. Create one with [`register_stage!`](crate::register_stage).
 pub struct StageRegistration {
@@ -166,6 +171,7 @@ pub struct BuildContext {
     config_dir: Option<PathBuf>,
     stage_index: usize,
     telemetry: TelemetryHandle,
+    dry_run: bool,
 }
 
 impl BuildContext {
@@ -176,7 +182,27 @@ impl BuildContext {
             config_dir,
             stage_index: 0,
             telemetry,
+            dry_run: false,
         }
+    }
+
+    /// The same context for a *dry run*: the stages are built only to be checked
+    /// (`lametun check-config`) and never see a packet. See [`dry_run`](Self::dry_run).
+    pub fn into_dry_run(self) -> Self {
+        Self {
+            dry_run: true,
+            ..self
+        }
+    }
+
+    /// True when the stage is built only to validate the config (`lametun
+    /// check-config`), possibly while the real tunnel runs with the same file.
+    ///
+    /// A stage should then check everything it can (that a key file is readable, that
+    /// the directory of an output file exists) but change nothing: create or truncate
+    /// no file, bind no socket, start no thread.
+    pub fn dry_run(&self) -> bool {
+        self.dry_run
     }
 
     /// The same context for the stage at `index`.
@@ -281,3 +307,21 @@ impl fmt::Display for BuildError {
 }
 
 impl std::error::Error for BuildError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dry_run_context_keeps_everything_else() {
+        let cx = BuildContext::new(Some("/etc/lametun".into()), TelemetryHandle::default());
+        assert!(!cx.dry_run());
+        let dry = cx.into_dry_run().for_stage(3);
+        assert!(dry.dry_run());
+        assert_eq!(dry.stage_index(), 3);
+        assert_eq!(
+            dry.resolve_path(Path::new("key")),
+            Path::new("/etc/lametun/key")
+        );
+    }
+}
