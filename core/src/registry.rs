@@ -62,6 +62,7 @@ pub struct StageRegistration {
     /// A YAML example.
     pub example: &'static str,
     build: BuildFn,
+    parse: ParseFn,
 }
 
 impl fmt::Debug for StageRegistration {
@@ -74,18 +75,38 @@ impl fmt::Debug for StageRegistration {
 
 inventory::collect!(StageRegistration);
 
+fn deserialize<C: StageConfig>(value: &yaml_serde::Value) -> Result<C, BuildError> {
+    // An entry with only `type:` arrives as an empty mapping, so that configs whose
+    // fields all have defaults need no keys.
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        BuildError::field(path, e.into_inner().to_string())
+    })
+}
+
 fn build_erased<C: StageConfig>(
     value: &yaml_serde::Value,
     cx: &BuildContext,
 ) -> Result<Box<dyn Stage>, BuildError> {
-    // An entry with only `type:` arrives as an empty mapping, so that configs whose
-    // fields all have defaults need no keys.
-    let config: C = serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        BuildError::field(path, e.into_inner().to_string())
-    })?;
-    Ok(Box::new(config.build(cx)?))
+    Ok(Box::new(deserialize::<C>(value)?.build(cx)?))
+}
+
+fn parse_erased<C: StageConfig>(value: &yaml_serde::Value) -> Result<(), BuildError> {
+    deserialize::<C>(value).map(drop)
+}
+
+/// The keys of a YAML stage entry as a mapping without `type` (null becomes empty).
+fn stage_keys(yaml: &str) -> Result<yaml_serde::Value, BuildError> {
+    let mut value: yaml_serde::Value =
+        yaml_serde::from_str(yaml).map_err(|e| BuildError::new(e.to_string()))?;
+    if value.is_null() {
+        value = yaml_serde::Value::Mapping(Default::default());
+    }
+    if let Some(map) = value.as_mapping_mut() {
+        map.remove("type");
+    }
+    Ok(value)
 }
 
 impl StageRegistration {
@@ -96,6 +117,7 @@ impl StageRegistration {
             summary: C::SUMMARY,
             example: C::EXAMPLE,
             build: build_erased::<C>,
+            parse: parse_erased::<C>,
         }
     }
 
@@ -111,15 +133,15 @@ impl StageRegistration {
     /// Builds a stage from a YAML mapping of its keys (tests, tools). `type` may be
     /// present; it is ignored.
     pub fn build_yaml(&self, yaml: &str, cx: &BuildContext) -> Result<Box<dyn Stage>, BuildError> {
-        let mut value: yaml_serde::Value =
-            yaml_serde::from_str(yaml).map_err(|e| BuildError::new(e.to_string()))?;
-        if value.is_null() {
-            value = yaml_serde::Value::Mapping(Default::default());
-        }
-        if let Some(map) = value.as_mapping_mut() {
-            map.remove("type");
-        }
-        self.build_value(&value, cx)
+        self.build_value(&stage_keys(yaml)?, cx)
+    }
+
+    /// Deserializes a YAML mapping of the stage's keys into its config *without*
+    /// building the stage: finds unknown keys and wrong types, not what only
+    /// [`StageConfig::build`] checks (ranges, files). `type` may be present; it is
+    /// ignored. The conformance kit checks [`StageConfig::EXAMPLE`] with it.
+    pub fn parse_yaml(&self, yaml: &str) -> Result<(), BuildError> {
+        (self.parse)(&stage_keys(yaml)?)
     }
 }
 
