@@ -25,6 +25,7 @@
 //!
 //! # Layout
 //!
+//! - [`guide`]: **writing a stage of your own**, from the trait to a running tunnel.
 //! - [`packet`]: [`PacketBuf`], a packet with head and tail room, edited in place.
 //! - [`stage`]: the [`Stage`] trait, [`Verdict`], [`DropReason`], [`Overhead`].
 //! - [`pipeline`]: [`Pipeline`], the ordered chain with per-stage counters.
@@ -44,6 +45,7 @@
 pub mod config;
 pub mod counters;
 pub mod forwarder;
+pub mod guide;
 pub mod mtu;
 pub mod packet;
 pub mod pipeline;

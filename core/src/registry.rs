@@ -16,7 +16,8 @@
 //! ```
 //!
 //! The `lametun` package does this for the bundled stages, and a test compares
-//! [`names`] with the expected list, so a missing link fails loudly.
+//! [`names`] with the expected list, so a missing link fails loudly. The
+//! [guide](crate::guide#7-registration-and-the-linker-pitfall) says more.
 
 use std::fmt;
 use std::path::{Path, PathBuf};

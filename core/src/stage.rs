@@ -243,6 +243,9 @@ pub type BackgroundTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 ///
 /// A stage is built from its YAML keys by a [`StageConfig`](crate::StageConfig) and
 /// registered by name with [`register_stage!`](crate::register_stage).
+///
+/// **Writing one?** The [stage author's guide](crate::guide) walks through a complete
+/// stage and its tests, and says what each method may and may not do.
 pub trait Stage: Send + Sync + 'static {
     /// Bytes this stage may add to an outbound packet (for buffer room and the MTU).
     fn overhead(&self) -> Overhead {
