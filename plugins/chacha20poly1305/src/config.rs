@@ -129,7 +129,7 @@ impl StageConfig for Chacha20Poly1305Config {
             let path = cx.resolve_path(path);
             match Psk::from_file(&path) {
                 Ok(psk) => loaded = Some((psk, KeySource::File(path))),
-                Err(e) => errors.push("key_file", explain(&e, &path.display().to_string())),
+                Err(e) => errors.push("key_file", explain(&e, Some(&path.display().to_string()))),
             }
         }
         if let Some(var) = &self.key_env {
@@ -141,14 +141,14 @@ impl StageConfig for Chacha20Poly1305Config {
             } else {
                 match Psk::from_env(var) {
                     Ok(psk) => loaded = Some((psk, KeySource::Env(var.clone()))),
-                    Err(e) => errors.push("key_env", explain(&e, &format!("${var}"))),
+                    Err(e) => errors.push("key_env", explain(&e, Some(&format!("${var}")))),
                 }
             }
         }
         if let Some(key) = &self.key {
             match Psk::from_base64(&key.0) {
                 Ok(psk) => loaded = Some((psk, KeySource::Inline)),
-                Err(e) => errors.push("key", explain(&e, "this value")),
+                Err(e) => errors.push("key", explain(&e, None)),
             }
         }
         let (psk, source) = match loaded {
@@ -167,10 +167,13 @@ impl StageConfig for Chacha20Poly1305Config {
 }
 
 /// A key error as a config message: problems with the text say whose text it is.
-fn explain(e: &KeyError, subject: &str) -> String {
-    match e {
-        KeyError::NotBase64 | KeyError::WrongLength { .. } | KeyError::Empty => {
-            format!("the key in {subject} {e}")
+fn explain(e: &KeyError, source: Option<&str>) -> String {
+    match (e, source) {
+        (KeyError::NotBase64 | KeyError::WrongLength { .. } | KeyError::Empty, Some(source)) => {
+            format!("the key in {source} {e}")
+        }
+        (KeyError::NotBase64 | KeyError::WrongLength { .. } | KeyError::Empty, None) => {
+            format!("the key {e}")
         }
         _ => e.to_string(),
     }

@@ -533,7 +533,7 @@ impl Stage for Chacha20Poly1305 {
             "cipher {}, {}, replay window {WINDOW} packets, new session every {} packets or {}",
             self.cipher,
             self.source,
-            self.rotate_after_packets,
+            count(self.rotate_after_packets),
             humanize(self.rotate_after_time),
         )
     }
@@ -594,6 +594,15 @@ impl Stage for Chacha20Poly1305 {
                 sealed,
             ),
         ]);
+    }
+}
+
+/// `268435456` as `2^28`; other numbers as they are.
+fn count(n: u64) -> String {
+    if n.is_power_of_two() && n >= 1 << 10 {
+        format!("2^{}", n.trailing_zeros())
+    } else {
+        n.to_string()
     }
 }
 
