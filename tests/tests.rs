@@ -5,9 +5,12 @@
 //! - `netns`: real tunnels between network namespaces (needs root and /dev/net/tun; each
 //!   test prints why it skips otherwise, and fails instead when
 //!   `LAMETUN_REQUIRE_NETNS=1`, as in CI).
+//! - `encrypted`: the same for the `chacha20poly1305` stage, with an attacker on the
+//!   link who captures (tcpdump), replays and forges datagrams.
 
 mod cli;
 mod configs;
+mod encrypted;
 mod netns;
 
 /// The binary under test.
@@ -17,7 +20,7 @@ pub(crate) fn lametun_bin() -> &'static str {
 
 /// The stage types the `lametun` binary must have registered (a missing `use crate as _`
 /// in `src/lib.rs` makes one vanish silently; this catches it).
-pub(crate) const BUNDLED_STAGES: &[&str] = &["passthrough"];
+pub(crate) const BUNDLED_STAGES: &[&str] = &["chacha20poly1305", "passthrough"];
 
 #[test]
 fn the_bundled_stages_are_all_registered() {
