@@ -430,13 +430,13 @@ impl Chacha20Poly1305 {
                     %reason,
                     session = %h.session,
                     counter = h.counter,
-                    from = ?meta.peer,
+                    from = %source(meta),
                     suppressed,
                     "chacha20poly1305: dropped a datagram"
                 ),
                 None => tracing::debug!(
                     %reason,
-                    from = ?meta.peer,
+                    from = %source(meta),
                     suppressed,
                     "chacha20poly1305: dropped a datagram"
                 ),
@@ -455,10 +455,16 @@ impl Chacha20Poly1305 {
                     ),
                     _ => "a datagram failed authentication: if none gets through, the two ends have different keys (or someone sends forged datagrams)".to_owned(),
                 };
-                tracing::warn!(from = ?meta.peer, "chacha20poly1305: {hint}");
+                tracing::warn!(from = %source(meta), "chacha20poly1305: {hint}");
             }
         }
     }
+}
+
+/// Where a datagram came from, for logs.
+fn source(meta: &PacketMeta) -> String {
+    meta.peer
+        .map_or_else(|| "unknown".to_owned(), |p| p.to_string())
 }
 
 /// A sending session with a fresh random id that is not in use by either end.
