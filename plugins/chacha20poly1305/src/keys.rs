@@ -118,7 +118,7 @@ pub enum KeyError {
         mode: u32,
     },
     /// The key file could not be read: missing, a directory, or no permission.
-    #[error("cannot read {}: {source}", path.display())]
+    #[error("cannot read the key file {}: {source}{}", path.display(), missing_hint(source))]
     Read {
         /// The file.
         path: PathBuf,
@@ -142,6 +142,15 @@ pub enum KeyError {
     /// Linux; it would mean `getrandom(2)` is unavailable).
     #[error("the operating system's random number generator failed")]
     Rng,
+}
+
+/// How to make the key file that is not there.
+fn missing_hint(e: &std::io::Error) -> &'static str {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        " (make one with `lametun genkey > FILE; chmod 600 FILE`, the same on both ends)"
+    } else {
+        ""
+    }
 }
 
 /// A 32-byte pre-shared key. Its bytes are wiped from memory when it is dropped, and

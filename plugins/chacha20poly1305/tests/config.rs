@@ -121,7 +121,12 @@ fn a_relative_key_file_is_found_next_to_the_config() {
         describe.contains(&format!("key from file {}", dir.0.join("psk").display())),
         "{describe}"
     );
-    assert!(error("key_file: no/such/psk").contains("cannot read no/such/psk"));
+    let e = error("key_file: no/such/psk");
+    assert!(
+        e.contains("cannot read the key file no/such/psk: No such file"),
+        "{e}"
+    );
+    assert!(e.contains("lametun genkey > FILE; chmod 600 FILE"), "{e}");
 }
 
 #[test]
