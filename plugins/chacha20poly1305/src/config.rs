@@ -86,7 +86,7 @@ impl fmt::Display for KeySource {
 
 impl StageConfig for Chacha20Poly1305Config {
     const TYPE: &'static str = "chacha20poly1305";
-    const SUMMARY: &'static str = "Encrypts and authenticates every datagram (ChaCha20-Poly1305 or AES-256-GCM, pre-shared key, replay window)";
+    const SUMMARY: &'static str = "encrypt and authenticate every datagram (ChaCha20-Poly1305 or AES-256-GCM, pre-shared key, replay window)";
     const EXAMPLE: &'static str = "\
 - type: chacha20poly1305
   key_file: /etc/lametun/psk   # 32 bytes in base64 from `lametun genkey`; chmod 600

@@ -46,6 +46,13 @@
 //! An empty inner packet (a keepalive) is sealed like any other, so keepalives are
 //! authenticated too: a 32-byte datagram.
 //!
+//! The `kind` byte costs no overhead: it takes the top byte of what would otherwise be a
+//! 64-bit counter (2^56 packets is over two thousand years at a million packets a
+//! second, and a session rotates after 2^28 anyway). It lets a receiver name a cipher
+//! mismatch instead of counting bad tags, and leaves room for a later version of the
+//! protocol (a handshake message, say) with the same 32 bytes. It is part of the nonce
+//! and of the associated data, so it cannot be changed either.
+//!
 //! # Why nonces never repeat
 //!
 //! An AEAD nonce used twice under one key leaks the XOR of the two plaintexts and, for
@@ -73,6 +80,17 @@
 //! sixty years of hourly rotation at both ends, collide with probability about 2^-25,
 //! and a PSK should be replaced long before. Random 96-bit nonces under one key, the
 //! textbook alternative, are only safe up to about 2^32 packets.
+//!
+//! # Keys
+//!
+//! The PSK is 32 random bytes in base64, made by [`generate_key`] (`lametun genkey`).
+//! The config names exactly one source: `key_file` (refused if its mode lets group or
+//! others in, with the `chmod 600` that fixes it), `key_env` (an environment variable,
+//! for systemd credentials or container secrets), or `key` inline (works, with a
+//! warning: configs get copied, pasted and backed up). The key never appears in logs,
+//! in `describe()` or in errors, and this crate's own copies of it are wiped when
+//! dropped; the key schedules inside `ring` are not covered (ring does not promise to
+//! wipe them).
 //!
 //! # Replay protection
 //!
