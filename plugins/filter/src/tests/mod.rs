@@ -2,6 +2,7 @@
 //! core's conformance kit, and properties over random input.
 
 mod config_errors;
+mod configs;
 mod counters;
 mod craft;
 mod properties;
