@@ -80,7 +80,6 @@ mod rules;
 
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use lametun_core::{
@@ -93,7 +92,7 @@ pub use headers::Malformed;
 pub use rules::Action;
 
 use config::Value;
-use rules::{Rule, direction_bit, direction_index};
+use rules::{Counter, Hits, Rule, direction_bit, direction_index};
 
 /// The keys of a `type: filter` pipeline entry. See the [crate docs](crate) for the
 /// rule syntax.
@@ -129,11 +128,12 @@ impl StageConfig for FilterConfig {
 
     fn build(self, _cx: &BuildContext) -> Result<Filter, BuildError> {
         let compiled = config::compile(self.default.as_ref(), self.rules.as_ref())?;
+        let hits = Hits::new(compiled.rules.len());
         Ok(Filter {
             default: compiled.default,
             rules: compiled.rules.into_boxed_slice(),
             labels: compiled.labels.into_boxed_slice(),
-            default_hits: Default::default(),
+            hits,
             malformed: Default::default(),
             health: Mutex::default(),
         })
@@ -179,8 +179,8 @@ pub struct Filter {
     default: Action,
     rules: Box<[Rule]>,
     labels: Box<[String]>,
-    default_hits: [AtomicU64; 2],
-    malformed: [AtomicU64; 2],
+    hits: Hits,
+    malformed: [Counter; 2],
     health: Mutex<Health>,
 }
 
@@ -226,16 +226,14 @@ impl Filter {
     #[inline]
     fn handle(&self, direction: Direction, packet: &[u8]) -> Verdict {
         let decision = self.decide(direction, packet);
-        let d = direction_index(direction);
-        match decision {
-            Decision::Keepalive => {}
-            Decision::Rule { index, .. } => self.rules[index].count(direction),
-            Decision::Default(_) => {
-                self.default_hits[d].fetch_add(1, Ordering::Relaxed);
-            }
-            Decision::Malformed(_) => {
-                self.malformed[d].fetch_add(1, Ordering::Relaxed);
-            }
+        let counter = match decision {
+            Decision::Keepalive => None,
+            Decision::Rule { index, .. } => self.hits.get(direction, index),
+            Decision::Default(_) => self.hits.get(direction, self.rules.len()),
+            Decision::Malformed(_) => Some(&self.malformed[direction_index(direction)]),
+        };
+        if let Some(counter) = counter {
+            counter.inc();
         }
         decision.verdict()
     }
@@ -258,23 +256,19 @@ impl Filter {
 
     /// Packets the rule at `index` decided in `direction` so far (`None` past the end).
     pub fn rule_matches(&self, index: usize, direction: Direction) -> Option<u64> {
-        self.rules
-            .get(index)
-            .map(|r| r.hits[direction_index(direction)].load(Ordering::Relaxed))
+        (index < self.rules.len()).then(|| self.hits.get(direction, index).map_or(0, Counter::get))
     }
 
     /// Packets no rule matched, decided by the default, in `direction` so far.
     pub fn default_matches(&self, direction: Direction) -> u64 {
-        self.default_hits[direction_index(direction)].load(Ordering::Relaxed)
+        self.hits
+            .get(direction, self.rules.len())
+            .map_or(0, Counter::get)
     }
 
     /// Packets dropped as malformed in `direction` so far.
     pub fn malformed(&self, direction: Direction) -> u64 {
-        self.malformed[direction_index(direction)].load(Ordering::Relaxed)
-    }
-
-    fn total(counters: &[AtomicU64; 2]) -> u64 {
-        counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+        self.malformed[direction_index(direction)].get()
     }
 }
 
@@ -294,9 +288,8 @@ impl Stage for Filter {
     }
 
     fn on_tick(&self, _now: Instant) {
-        let malformed = Self::total(&self.malformed);
-        let read = Self::total(&self.default_hits)
-            + self.rules.iter().map(|r| Self::total(&r.hits)).sum::<u64>();
+        let malformed = self.malformed.iter().map(Counter::get).sum::<u64>();
+        let read = self.hits.total();
         let mut health = self.health.lock().unwrap_or_else(|e| e.into_inner());
         let new_garbage = malformed - health.last_malformed;
         if !health.warned && new_garbage >= GARBAGE_WARNING_THRESHOLD && read == health.last_read {
@@ -335,14 +328,14 @@ impl Stage for Filter {
             .iter()
             .zip(self.labels.iter())
             .enumerate()
-            .map(|(i, (r, label))| (i.to_string(), label.as_str(), r.action, &r.hits))
+            .map(|(i, (r, label))| (i, i.to_string(), label.as_str(), r.action))
             .chain(std::iter::once((
+                self.rules.len(),
                 "default".to_owned(),
                 "default",
                 self.default,
-                &self.default_hits,
             )));
-        for (rule, name, action, hits) in rows {
+        for (index, rule, name, action) in rows {
             for direction in DIRECTIONS {
                 out.push(Metric {
                     name: NAME,
@@ -354,7 +347,7 @@ impl Stage for Filter {
                         ("action", action.as_str().to_owned()),
                         ("direction", direction.as_str().to_owned()),
                     ],
-                    value: hits[direction_index(direction)].load(Ordering::Relaxed) as f64,
+                    value: self.hits.get(direction, index).map_or(0, Counter::get) as f64,
                 });
             }
         }

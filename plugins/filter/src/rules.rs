@@ -166,8 +166,6 @@ pub(crate) struct Rule {
     pub(crate) src_ports: Option<Box<[PortRange]>>,
     pub(crate) dst_ports: Option<Box<[PortRange]>>,
     pub(crate) icmp_types: Option<IcmpTypes>,
-    /// Packets this rule decided, outbound and inbound.
-    pub(crate) hits: [AtomicU64; 2],
 }
 
 impl Rule {
@@ -183,7 +181,6 @@ impl Rule {
             src_ports: None,
             dst_ports: None,
             icmp_types: None,
-            hits: Default::default(),
         }
     }
 
@@ -264,10 +261,58 @@ impl Rule {
         // An undecidable condition matches an allow rule and not a deny rule.
         !unknown || self.action == Action::Allow
     }
+}
 
+/// A counter alone on its cache line (64 bytes on x86-64 and most ARM cores).
+///
+/// The rules are read by every worker thread and the counters written by all of them.
+/// Kept apart, a count on one core never evicts the rules from another core's cache,
+/// and the outbound threads (one per TUN queue) and the inbound thread (the socket)
+/// never write the same line unless they count the very same thing.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
     #[inline]
-    pub(crate) fn count(&self, direction: Direction) {
-        self.hits[direction_index(direction)].fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Packets decided per rule, and by the default, for each direction.
+#[derive(Debug)]
+pub(crate) struct Hits {
+    /// `[direction][rule]`; the last entry of each is the default.
+    by_direction: [Box<[Counter]>; 2],
+}
+
+impl Hits {
+    /// Counters for `rules` rules and the default.
+    pub(crate) fn new(rules: usize) -> Self {
+        let row = || (0..=rules).map(|_| Counter::default()).collect();
+        Self {
+            by_direction: [row(), row()],
+        }
+    }
+
+    /// The counter of rule `index` (or the default, at `index == rules`).
+    #[inline]
+    pub(crate) fn get(&self, direction: Direction, index: usize) -> Option<&Counter> {
+        self.by_direction[direction_index(direction)].get(index)
+    }
+
+    /// All packets counted, both directions.
+    pub(crate) fn total(&self) -> u64 {
+        self.by_direction
+            .iter()
+            .flat_map(|row| row.iter())
+            .map(Counter::get)
+            .sum()
     }
 }
 
