@@ -167,6 +167,7 @@ pub(crate) struct Headers {
 /// [`DropReason::Malformed`](lametun_core::DropReason::Malformed); the variants exist for
 /// tests and debug logs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Malformed {
     /// The version nibble is neither 4 nor 6.
     NotIp,

@@ -144,6 +144,7 @@ lametun_core::register_stage!(FilterConfig);
 
 /// What the filter decides about one packet (see [`Filter::decide`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Decision {
     /// An empty packet, a lametun keepalive: always passed, never counted by a rule.
     Keepalive,
