@@ -285,7 +285,8 @@ pub fn check_config(file: &Path) -> Result<(), Failure> {
         ),
         Some(Role::Listen) => {
             let bind = crate::udp::bind_address(config.peer.bind, config.peer.port);
-            let outer = if bind.is_ipv4() {
+            let wildcard6 = bind.is_ipv6() && bind.ip().is_unspecified();
+            let outer = if bind.is_ipv4() || wildcard6 {
                 lametun_core::mtu::OuterIp::V4
             } else {
                 lametun_core::mtu::OuterIp::V6
@@ -293,8 +294,8 @@ pub fn check_config(file: &Path) -> Result<(), Failure> {
             (
                 format!("listen on {bind}, learn the peer from its datagrams"),
                 outer,
-                if bind.is_ipv6() {
-                    " (IPv6 outer header assumed: the socket takes IPv6 peers; set peer.bind: 0.0.0.0 for IPv4 only)"
+                if wildcard6 {
+                    " (lowered by 20 while the peer is an IPv6 address)"
                 } else {
                     ""
                 },

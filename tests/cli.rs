@@ -108,6 +108,15 @@ fn check_config_prints_the_chain_and_the_mtu() {
         "{out}"
     );
     assert!(out.ends_with("ok\n"), "{out}");
+
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/plain-server.yaml");
+    let o = lametun(&["check-config", file]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("= 1468 (lowered by 20 while the peer is an IPv6 address)"),
+        "{out}"
+    );
+    assert!(out.contains("routes: 172.16.0.0/12"), "{out}");
 }
 
 #[test]
