@@ -10,6 +10,7 @@
 //! lametun check-config FILE
 //! lametun stages
 //! lametun demo
+//! lametun genkey [FILE]
 //! ```
 
 use std::ffi::OsString;
@@ -126,6 +127,12 @@ pub enum Command {
     /// As root: run a tunnel between two network namespaces on this machine, send
     /// traffic through it, print what happened, and remove everything again.
     Demo,
+    /// Print a fresh 32-byte pre-shared key (base64, from the OS random generator) for the
+    /// chacha20poly1305 stage, or write it to FILE with mode 0600.
+    Genkey {
+        /// Write the key here (refuses to overwrite) instead of printing it.
+        file: Option<PathBuf>,
+    },
 }
 
 /// Reads a config file; errors name the file.
@@ -246,6 +253,7 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Demo) => crate::demo::run().map_err(Failure::Runtime),
+        Some(Command::Genkey { file }) => genkey(file.as_deref()),
         None => cli.tunnel_config().and_then(|config| {
             if config.peer.role.is_none() {
                 return Err(Failure::Setup(run::NO_ROLE.into()));
@@ -257,6 +265,34 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => fail(&f),
     }
+}
+
+/// `lametun genkey [FILE]`: a new key on stdout, or in a new file only its owner can read.
+fn genkey(file: Option<&Path>) -> Result<(), Failure> {
+    let key = lametun_stage_chacha20poly1305::generate_key();
+    let Some(path) = file else {
+        println!("{key}");
+        return Ok(());
+    };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Failure::Setup(format!(
+                "{}: cannot create the key file: {e}",
+                path.display()
+            ))
+        })?;
+    writeln!(f, "{key}").map_err(|e| Failure::Setup(format!("{}: {e}", path.display())))?;
+    eprintln!(
+        "wrote a new key to {} (mode 0600); copy it to the other end over a secure channel",
+        path.display()
+    );
+    Ok(())
 }
 
 fn print_stages() {

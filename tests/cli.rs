@@ -131,3 +131,31 @@ fn stages_lists_the_registered_types() {
         );
     }
 }
+
+#[test]
+fn genkey_prints_or_writes_a_private_32_byte_key() {
+    let o = lametun(&["genkey"]);
+    assert_eq!(o.status.code(), Some(0));
+    let key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert_eq!(key.len(), 44, "base64 of 32 bytes: {key}");
+    assert_ne!(
+        key,
+        String::from_utf8_lossy(&lametun(&["genkey"]).stdout).trim(),
+        "two keys were equal"
+    );
+
+    let dir = std::env::temp_dir().join(format!("lametun-genkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("psk");
+    let o = lametun(&["genkey", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim().len(), 44);
+    let again = lametun(&["genkey", file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "must not overwrite a key");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
