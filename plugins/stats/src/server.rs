@@ -108,9 +108,9 @@ async fn connection(stream: tokio::net::TcpStream, telemetry: TelemetryHandle, s
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .serve_connection(TokioIo::new(stream), service);
-    match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-        Ok(Err(e)) => tracing::debug!(error = %e, "stats endpoint: connection error"),
-        Ok(Ok(())) | Err(_) => {}
+    // A timeout (`Err(Elapsed)`) just ends an idle keep-alive connection.
+    if let Ok(Err(e)) = tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+        tracing::debug!(error = %e, "stats endpoint: connection error");
     }
 }
 

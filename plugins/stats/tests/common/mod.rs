@@ -7,11 +7,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use lametun_core::counters::PassDropSnapshot;
+use lametun_core::pipeline::StageSnapshot;
+use lametun_core::telemetry::CounterValues;
 use lametun_core::testing::packets;
 use lametun_core::{
     BuildContext, BuildError, Forwarder, ForwarderConfig, Outcome, PacketBuf, PeerMode, Pipeline,
     StageConfig, TelemetryHandle,
 };
+use lametun_core::{Metric, MetricKind, TunnelSnapshot};
 use lametun_stage_stats::{Stats, StatsConfig};
 
 pub const SERVER: &str = "192.0.2.1:1234";
@@ -74,4 +78,130 @@ pub fn with_packet_info(inner: &[u8]) -> Vec<u8> {
     let mut d = vec![0, 0, 0x08, 0x00];
     d.extend_from_slice(inner);
     d
+}
+
+pub fn metric(
+    name: &'static str,
+    kind: MetricKind,
+    labels: &[(&'static str, &str)],
+    value: f64,
+) -> Metric {
+    Metric {
+        name,
+        help: "help text",
+        kind,
+        labels: labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+        value,
+    }
+}
+
+pub fn pd(passed: u64, drops: &[(&'static str, u64)]) -> PassDropSnapshot {
+    PassDropSnapshot {
+        passed,
+        drops: drops.to_vec(),
+    }
+}
+
+/// A server-side snapshot of `[filter, stats, chacha20poly1305]`, built by hand.
+pub fn snapshot() -> TunnelSnapshot {
+    use MetricKind::{Counter, Gauge};
+    TunnelSnapshot {
+        peer: Some("198.51.100.7:40000".parse().unwrap()),
+        counters: CounterValues {
+            tun_rx_packets: 1000,
+            tun_rx_bytes: 1_200_000,
+            udp_tx_datagrams: 998,
+            udp_tx_bytes: 1_230_000,
+            udp_rx_datagrams: 2010,
+            udp_rx_bytes: 2_500_000,
+            tun_tx_packets: 1990,
+            tun_tx_bytes: 2_400_000,
+            keepalives_sent: 0,
+            keepalives_received: 5,
+            peer_changes: 1,
+            tun_read_errors: 0,
+            tun_write_errors: 2,
+            udp_send_errors: 0,
+            udp_recv_errors: 0,
+        },
+        core_outbound: pd(998, &[("no_peer", 2)]),
+        core_inbound: pd(1995, &[("malformed", 1)]),
+        stages: vec![
+            StageSnapshot {
+                index: 0,
+                type_name: "filter",
+                label: "filter".into(),
+                outbound: pd(998, &[]),
+                inbound: pd(1995, &[("filtered", 10), ("malformed", 1)]),
+                metrics: vec![
+                    metric("filter_rule_drops", Counter, &[("rule", "0")], 10.0),
+                    metric("filter_rule_drops", Counter, &[("rule", "2")], 0.0),
+                    // Not valid or reserved: skipped, never a broken exposition.
+                    metric("bad-name", Counter, &[], 1.0),
+                    metric("stage_passed", Counter, &[], 1.0),
+                    metric("tun_rx_packets", Counter, &[], 1.0),
+                    metric("x_with_stage_label", Counter, &[("stage", "evil")], 1.0),
+                ],
+            },
+            StageSnapshot {
+                index: 1,
+                type_name: "stats",
+                label: "stats".into(),
+                outbound: pd(998, &[]),
+                inbound: pd(2006, &[]),
+                metrics: vec![
+                    metric(
+                        "stats_packets",
+                        Counter,
+                        &[("direction", "outbound")],
+                        998.0,
+                    ),
+                    metric(
+                        "stats_bytes",
+                        Counter,
+                        &[("direction", "outbound")],
+                        1_197_600.0,
+                    ),
+                    metric(
+                        "stats_keepalives",
+                        Counter,
+                        &[("direction", "outbound")],
+                        0.0,
+                    ),
+                    metric(
+                        "stats_packets",
+                        Counter,
+                        &[("direction", "inbound")],
+                        2001.0,
+                    ),
+                    metric(
+                        "stats_bytes",
+                        Counter,
+                        &[("direction", "inbound")],
+                        2_401_200.0,
+                    ),
+                    metric(
+                        "stats_keepalives",
+                        Counter,
+                        &[("direction", "inbound")],
+                        5.0,
+                    ),
+                ],
+            },
+            StageSnapshot {
+                index: 2,
+                type_name: "chacha20poly1305",
+                label: "chacha20poly1305".into(),
+                outbound: pd(998, &[]),
+                inbound: pd(2006, &[("bad_tag", 3), ("replayed", 1)]),
+                metrics: vec![
+                    metric("replay_window_packets", Gauge, &[], 8128.0),
+                    // A counter named with its suffix already: not doubled.
+                    metric("rekeys_total", Counter, &[], 2.5),
+                    // Same name as a counter above, other kind: skipped.
+                    metric("filter_rule_drops", Gauge, &[("rule", "9")], 1.0),
+                ],
+            },
+        ],
+    }
 }
