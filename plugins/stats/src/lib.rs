@@ -18,7 +18,7 @@
 //! stages (say one at each end) to see the overhead; they are told apart by their
 //! `stage` label (`stats#0`, `stats#2`).
 //!
-//! An empty packet is a keepalive (see [`Stage`]). It is counted on its own, in
+//! An empty packet is a keepalive (see [`Stage`](lametun_core::Stage)). It is counted on its own, in
 //! `lametun_stats_keepalives_total`, and *not* in the packet and byte counters, so that
 //! those match the traffic that was sent. Below an encryption stage a keepalive is a
 //! sealed, non-empty datagram, and is counted as one: it is on the wire.
@@ -48,7 +48,7 @@
 //! Two relaxed atomic adds (packets and bytes) on a cache line of their own per
 //! direction: no lock, no allocation, no clock read. `cargo bench -p
 //! lametun-stage-stats` measures it. Everything else (summaries, rates, the endpoint)
-//! happens off the packet path, in [`Stage::on_tick`] and on the runtime.
+//! happens off the packet path, in [`on_tick`](lametun_core::Stage::on_tick) and on the runtime.
 //!
 //! # What this crate does not do
 //!

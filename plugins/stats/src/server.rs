@@ -7,7 +7,7 @@
 //! connection is a task of a [`JoinSet`] owned by that future, so dropping it closes
 //! them all.
 //!
-//! Each scrape takes a fresh [`TunnelSnapshot`](lametun_core::TunnelSnapshot) through
+//! Each scrape takes a fresh `TunnelSnapshot` through
 //! the [`TelemetryHandle`] (reads of relaxed atomics) and encodes it; nothing is cached
 //! and the packet path is never waited on. The limits keep a misbehaving client from
 //! costing more than a few sockets: at most [`MAX_CONNECTIONS`] at once, request headers
