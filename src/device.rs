@@ -1,0 +1,264 @@
+//! The TUN edge: opening the device, its queues and offloads, and configuring the link.
+//!
+//! The article opens `/dev/net/tun` and calls the `TUNSETIFF` ioctl by hand with
+//! `unsafe` pointer casts. We let `tun-rs` do that (it also knows multi-queue devices and
+//! the virtio-net offload header) and configure the link (MTU, addresses, routes, up)
+//! over rtnetlink, the interface `ip` itself uses.
+//!
+//! Two things differ from the Go program on purpose:
+//!
+//! - the device is opened with `IFF_NO_PI`: the 4-byte packet-information header that the
+//!   Go lametun sends is written by the forwarder instead (see `lametun_core::wire`), which
+//!   leaves the kernel free to put the virtio-net header there, the one that carries TCP
+//!   and UDP segmentation offload (TSO/USO): reads then return up to 64 KiB "superpackets"
+//!   and writes may coalesce many packets into one (GRO);
+//! - with several workers the device gets several queues (`IFF_MULTI_QUEUE`); the kernel
+//!   spreads flows over them, one worker thread reads each.
+//!
+//! Every feature is probed and falls back: a device created earlier without multi-queue
+//! support gets one queue, a kernel without TUN offloads gets plain reads and writes.
+
+use std::io;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+use rtnetlink::packet_route::link::LinkAttribute;
+use rtnetlink::{LinkUnspec, RouteMessageBuilder};
+use tun_rs::{DeviceBuilder, SyncDevice};
+
+/// Largest number of segments we let the kernel put in one TUN superpacket. A read is
+/// split into that many packet slots at most, so the driver can size its batches;
+/// without the cap a peer announcing a tiny TCP MSS could make the kernel build
+/// superpackets of hundreds of segments.
+pub const GSO_MAX_SEGS: u32 = 64;
+
+/// An open TUN device: one handle per queue.
+pub struct Tun {
+    /// The queues; `queues[0]` also carries the writes of the inbound path.
+    pub queues: Vec<Arc<SyncDevice>>,
+    /// The interface name.
+    pub name: String,
+    /// The interface index.
+    pub index: u32,
+    /// Whether the virtio-net header (TSO/GRO offload) is on.
+    pub offload: bool,
+    /// Whether UDP segmentation offload (USO, Linux 6.2+) is on too.
+    pub udp_offload: bool,
+}
+
+/// A start-up failure with a message for the user.
+#[derive(Debug)]
+pub struct SetupError(pub String);
+
+impl std::fmt::Display for SetupError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SetupError {}
+
+fn explain_open(name: &str, e: &io::Error) -> SetupError {
+    let hint = match e.raw_os_error() {
+        Some(libc_eperm) if libc_eperm == nix::libc::EPERM || libc_eperm == nix::libc::EACCES => {
+            format!(
+                "no permission to open TUN device {name}: run as root (or with CAP_NET_ADMIN), \
+             or create the device for your user first: \
+             `sudo ip tuntap add dev {name} mode tun user $USER && sudo ip link set {name} up`"
+            )
+        }
+        Some(nix::libc::EBUSY) => format!(
+            "TUN device {name} is in use by another process (is another lametun running on it?)"
+        ),
+        Some(nix::libc::ENOENT) | Some(nix::libc::ENODEV) => {
+            "/dev/net/tun is missing: load the tun module (`modprobe tun`)".to_owned()
+        }
+        _ => format!("cannot open TUN device {name}: {e}"),
+    };
+    SetupError(hint)
+}
+
+fn build(name: &str, multi_queue: bool, offload: bool) -> io::Result<SyncDevice> {
+    DeviceBuilder::new()
+        .name(name)
+        .multi_queue(multi_queue)
+        .offload(offload)
+        .packet_information(false)
+        .build_sync()
+}
+
+/// `IFF_PERSIST` in `/sys/class/net/NAME/tun_flags`.
+const IFF_PERSIST: u32 = 0x0800;
+
+/// Refuses a TUN device that another process holds. A device that is not persistent
+/// exists only while some process has it open. (The kernel would refuse a second opener
+/// of a single-queue device with `EBUSY`, but lets it attach to a multi-queue one as one
+/// more queue, silently splitting the traffic between two tunnels.)
+fn check_not_in_use(name: &str) -> Result<(), SetupError> {
+    let dev = std::path::Path::new("/sys/class/net").join(name);
+    if dev.exists() && !dev.join("tun_flags").exists() {
+        return Err(SetupError(format!(
+            "{name} exists and is not a TUN device: choose another -device name"
+        )));
+    }
+    let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags"));
+    if let Ok(flags) = flags
+        && let Ok(flags) = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        && flags & IFF_PERSIST == 0
+    {
+        return Err(SetupError(format!(
+            "TUN device {name} is in use by another process (is another lametun running on it?)"
+        )));
+    }
+    Ok(())
+}
+
+/// Opens (or creates) TUN device `name` with up to `workers` queues, with offloads if
+/// `offload` and the kernel has them. Falls back to one queue and no offload.
+pub fn open(name: &str, workers: usize, offload: bool) -> Result<Tun, SetupError> {
+    check_not_in_use(name)?;
+    let mut attempts = Vec::new();
+    if workers > 1 {
+        attempts.push((true, offload));
+    }
+    attempts.push((false, offload));
+    if offload {
+        attempts.push((false, false));
+    }
+    let mut last = None;
+    let mut opened = None;
+    for (mq, off) in attempts {
+        match build(name, mq, off) {
+            Ok(dev) => {
+                opened = Some((dev, mq));
+                break;
+            }
+            Err(e) => {
+                // EINVAL: the device exists with other flags (e.g. created by `ip tuntap
+                // add` without `multi_queue`), or the kernel lacks the feature: try less.
+                let retry = matches!(e.raw_os_error(), Some(nix::libc::EINVAL));
+                tracing::debug!(multi_queue = mq, offload = off, error = %e, "opening the TUN device failed");
+                last = Some(e);
+                if !retry {
+                    break;
+                }
+            }
+        }
+    }
+    let Some((first, multi_queue)) = opened else {
+        return Err(explain_open(name, &last.expect("at least one attempt")));
+    };
+    let offload_on = first.tcp_gso();
+    let udp_offload = first.udp_gso();
+    let index = first
+        .if_index()
+        .map_err(|e| SetupError(format!("TUN device {name}: cannot read its index: {e}")))?;
+    let real_name = first.name().unwrap_or_else(|_| name.to_owned());
+    let mut queues = vec![Arc::new(first)];
+    if multi_queue {
+        while queues.len() < workers {
+            match queues[0].try_clone() {
+                Ok(q) => queues.push(Arc::new(q)),
+                Err(e) => {
+                    tracing::warn!(error = %e, queues = queues.len(), "could not open another TUN queue");
+                    break;
+                }
+            }
+        }
+    }
+    for q in &queues {
+        q.set_nonblocking(true).map_err(|e| {
+            SetupError(format!(
+                "TUN device {name}: cannot make it non-blocking: {e}"
+            ))
+        })?;
+    }
+    Ok(Tun {
+        queues,
+        name: real_name,
+        index,
+        offload: offload_on,
+        udp_offload,
+    })
+}
+
+/// Configures the link: MTU, the GSO segment cap, addresses, up, then routes.
+/// Addresses and routes that already exist are left as they are.
+pub async fn configure(
+    tun: &Tun,
+    mtu: u16,
+    addresses: &[IpNet],
+    routes: &[IpNet],
+) -> Result<(), SetupError> {
+    let fail =
+        |what: &str, e: rtnetlink::Error| SetupError(format!("{}: cannot {what}: {e}", tun.name));
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| SetupError(format!("cannot open a netlink socket: {e}")))?;
+    let conn = tokio::spawn(conn);
+    let result = async {
+        let mut link = LinkUnspec::new_with_index(tun.index)
+            .mtu(u32::from(mtu))
+            .up();
+        if tun.offload {
+            link = link.append_extra_attribute(LinkAttribute::GsoMaxSegs(GSO_MAX_SEGS));
+        }
+        handle
+            .link()
+            .set(link.build())
+            .execute()
+            .await
+            .map_err(|e| fail(&format!("set MTU {mtu} and bring it up"), e))?;
+        for net in addresses {
+            handle
+                .address()
+                .add(tun.index, net.addr(), net.prefix_len())
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| fail(&format!("add address {net}"), e))?;
+        }
+        for net in routes {
+            let msg = match net {
+                IpNet::V4(n) => RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(n.network(), n.prefix_len())
+                    .output_interface(tun.index)
+                    .build(),
+                IpNet::V6(n) => RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(n.network(), n.prefix_len())
+                    .output_interface(tun.index)
+                    .build(),
+            };
+            handle
+                .route()
+                .add(msg)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| fail(&format!("add route {net}"), e))?;
+        }
+        Ok(())
+    }
+    .await;
+    conn.abort();
+    result
+}
+
+/// Changes the MTU of the device with index `index` (the listener adapts it to the
+/// address family of the peer it learned).
+pub async fn set_mtu(index: u32, mtu: u16) -> Result<(), SetupError> {
+    let (conn, handle, _) = rtnetlink::new_connection()
+        .map_err(|e| SetupError(format!("cannot open a netlink socket: {e}")))?;
+    let conn = tokio::spawn(conn);
+    let result = handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .mtu(u32::from(mtu))
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| SetupError(format!("cannot set MTU {mtu}: {e}")));
+    conn.abort();
+    result
+}

@@ -1,0 +1,625 @@
+//! Real tunnels: TUN devices in network namespaces, the real binary at both ends, real
+//! traffic (ping, TCP transfers whose SHA-256 is compared).
+
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use lametun::testnet::{
+    self, Bench, CLIENT_TUN, CLIENT_TUN6, SERVER_TUN, SERVER_TUN6, SERVER_UL, SERVER_UL6, Side,
+};
+
+use crate::lametun_bin;
+
+/// A bench, or `None` (after saying why) where namespaces or TUN are not available.
+/// With `LAMETUN_REQUIRE_NETNS=1` (CI) a missing capability fails the test instead.
+pub(crate) fn bench(tag: &str) -> Option<Bench> {
+    if let Some(why) = testnet::unavailable() {
+        assert!(
+            std::env::var("LAMETUN_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "LAMETUN_REQUIRE_NETNS=1 but this machine cannot run the namespace tests: {why}"
+        );
+        eprintln!("skipped: this test {why}");
+        return None;
+    }
+    Some(Bench::new(tag, lametun_bin()).expect("creating the namespace bench"))
+}
+
+const SERVER_CIDR: &str = "172.31.255.13/24";
+const CLIENT_CIDR: &str = "172.31.255.7/24";
+const SERVER_CIDR6: &str = "fd31::13/64";
+const CLIENT_CIDR6: &str = "fd31::7/64";
+
+/// Starts a server and a client with the article's addresses (plus IPv6 ones) and the
+/// extra arguments, and waits until a ping crosses the tunnel.
+pub(crate) fn start_pair(b: &mut Bench, server_extra: &[&str], client_extra: &[&str]) {
+    let mut server = vec![
+        "-listen",
+        "-device",
+        "tun0",
+        "--address",
+        SERVER_CIDR,
+        "--address",
+        SERVER_CIDR6,
+    ];
+    server.extend_from_slice(server_extra);
+    let mut client = vec![
+        "-server",
+        SERVER_UL,
+        "-device",
+        "tun0",
+        "--address",
+        CLIENT_CIDR,
+        "--address",
+        CLIENT_CIDR6,
+    ];
+    client.extend_from_slice(client_extra);
+    b.lametun(Side::Server, "server", &server).unwrap();
+    b.lametun(Side::Client, "client", &client).unwrap();
+    wait_up(b);
+}
+
+/// Waits (at most 10 s) until the client reaches the server through the tunnel.
+pub(crate) fn wait_up(b: &Bench) {
+    assert!(
+        b.wait_for_ping(Side::Client, SERVER_TUN, Duration::from_secs(10)),
+        "the tunnel did not come up\nserver:\n{}\nclient:\n{}",
+        b.log("server"),
+        b.log("client")
+    );
+}
+
+fn mtu_of(b: &Bench, side: Side, dev: &str) -> usize {
+    let out = b
+        .exec(side, &["cat", &format!("/sys/class/net/{dev}/mtu")])
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+#[test]
+fn ping_both_ways_and_50_mb_over_tcp_arrive_intact() {
+    let Some(mut b) = bench("tcp") else { return };
+    start_pair(&mut b, &[], &[]);
+    assert_eq!(b.ping(Side::Client, SERVER_TUN, 3, None, false).unwrap(), 3);
+    assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN, 5001),
+            Side::Client,
+            50 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(
+        t.intact(),
+        "SHA-256 of what was sent and what arrived differ"
+    );
+    eprintln!("50 MB in {:.2} s: {:.0} Mbit/s", t.seconds, t.mbit_per_s());
+}
+
+#[test]
+fn ipv6_inside_the_tunnel() {
+    let Some(mut b) = bench("in6") else { return };
+    start_pair(&mut b, &[], &[]);
+    assert!(
+        b.wait_for_ping(Side::Client, SERVER_TUN6, Duration::from_secs(5)),
+        "no IPv6 ping"
+    );
+    assert_eq!(
+        b.ping(Side::Server, CLIENT_TUN6, 3, None, false).unwrap(),
+        3
+    );
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN6, 5002),
+            Side::Client,
+            10 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(t.intact());
+}
+
+#[test]
+fn ipv6_outer_transport() {
+    let Some(mut b) = bench("out6") else { return };
+    b.lametun(
+        Side::Server,
+        "server",
+        &["-listen", "-device", "tun0", "--address", SERVER_CIDR],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        &[
+            "-server",
+            SERVER_UL6,
+            "-device",
+            "tun0",
+            "--address",
+            CLIENT_CIDR,
+        ],
+    )
+    .unwrap();
+    wait_up(&b);
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN, 5003),
+            Side::Client,
+            10 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(t.intact());
+    let log = b.log("server");
+    assert!(
+        log.contains("learned the peer's address peer=[fd99::2]:"),
+        "{log}"
+    );
+    // The client's MTU accounts for the 40-byte IPv6 header: 1500 - 40 - 8 - 4; the
+    // server lowers its own to match once it learned an IPv6 peer.
+    assert_eq!(mtu_of(&b, Side::Client, "tun0"), 1448);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while mtu_of(&b, Side::Server, "tun0") != 1448 {
+        assert!(
+            Instant::now() < deadline,
+            "the server kept MTU {}",
+            mtu_of(&b, Side::Server, "tun0")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before =
+        b.fragment_counters(Side::Server).unwrap() + b.fragment_counters(Side::Client).unwrap();
+    assert_eq!(
+        b.ping(Side::Client, SERVER_TUN, 3, Some(1448 - 28), true)
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        b.ping(Side::Server, CLIENT_TUN, 3, Some(1448 - 28), true)
+            .unwrap(),
+        3
+    );
+    let after =
+        b.fragment_counters(Side::Server).unwrap() + b.fragment_counters(Side::Client).unwrap();
+    assert_eq!(after, before, "IP fragmentation happened in a namespace");
+}
+
+#[test]
+fn the_largest_dont_fragment_ping_passes_and_nothing_fragments() {
+    let Some(mut b) = bench("mtu") else { return };
+    start_pair(&mut b, &[], &[]);
+    let client_mtu = mtu_of(&b, Side::Client, "tun0");
+    let server_mtu = mtu_of(&b, Side::Server, "tun0");
+    // The article's arithmetic plus the 4-byte header it forgot, at both ends.
+    assert_eq!(client_mtu, 1468);
+    assert_eq!(server_mtu, 1468);
+    let before =
+        b.fragment_counters(Side::Server).unwrap() + b.fragment_counters(Side::Client).unwrap();
+    assert_eq!(
+        b.ping(Side::Client, SERVER_TUN, 3, Some(client_mtu - 28), true)
+            .unwrap(),
+        3
+    );
+    assert_eq!(
+        b.ping(Side::Server, CLIENT_TUN, 3, Some(server_mtu - 28), true)
+            .unwrap(),
+        3
+    );
+    // One byte more does not fit the TUN device with DF set.
+    assert_eq!(
+        b.ping(Side::Client, SERVER_TUN, 1, Some(client_mtu - 27), true)
+            .unwrap(),
+        0
+    );
+    let after =
+        b.fragment_counters(Side::Server).unwrap() + b.fragment_counters(Side::Client).unwrap();
+    assert_eq!(after, before, "IP fragmentation happened in a namespace");
+}
+
+#[test]
+fn the_server_learns_a_client_on_another_port_and_reaches_it_first() {
+    let Some(mut b) = bench("port") else { return };
+    b.lametun(
+        Side::Server,
+        "server",
+        &["-listen", "-device", "tun0", "--address", SERVER_CIDR],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        &[
+            "-server",
+            SERVER_UL,
+            "-device",
+            "tun0",
+            "--address",
+            CLIENT_CIDR,
+        ],
+    )
+    .unwrap();
+    // No traffic from the client: its keepalive alone must teach the server its address.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let learned = loop {
+        let log = b.log("server");
+        if let Some(line) = log
+            .lines()
+            .find(|l| l.contains("learned the peer's address"))
+        {
+            break line.to_owned();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never learned the client:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let port: u16 = learned.rsplit(':').next().unwrap().trim().parse().unwrap();
+    assert_ne!(port, 1234, "the client should use an ephemeral port here");
+    // The server speaks first.
+    assert!(
+        b.wait_for_ping(Side::Server, CLIENT_TUN, Duration::from_secs(5)),
+        "{}",
+        b.log("server")
+    );
+}
+
+#[test]
+fn a_burst_of_garbage_is_dropped_counted_and_survived() {
+    let Some(mut b) = bench("junk") else { return };
+    start_pair(&mut b, &[], &[]);
+    let target: SocketAddr = format!("{SERVER_UL}:1234").parse().unwrap();
+    let sent = b
+        .in_netns(Side::Client, move || {
+            let sock = UdpSocket::bind("0.0.0.0:0").unwrap();
+            let mut rng = lametun_core::testing::Rng::new(42);
+            let mut buf = [0u8; 1600];
+            let mut sent = 0;
+            for i in 0..5000 {
+                let len = match i % 3 {
+                    0 => rng.below(8),
+                    1 => rng.below(64),
+                    _ => rng.below(1600),
+                };
+                rng.fill(&mut buf[..len]);
+                if sock.send_to(&buf[..len], target).is_ok() {
+                    sent += 1;
+                }
+            }
+            sent
+        })
+        .unwrap();
+    assert!(sent > 4000);
+    // The tunnel still works (and the client is still the peer).
+    assert_eq!(b.ping(Side::Client, SERVER_TUN, 3, None, false).unwrap(), 3);
+    assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
+    assert_eq!(
+        b.stop("server"),
+        Some(0),
+        "the server should exit cleanly on SIGTERM"
+    );
+    let log = b.log("server");
+    let summary = log
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .expect("a summary at shutdown");
+    assert!(summary.contains("core in too_short"), "{summary}");
+    assert!(summary.contains("core in malformed"), "{summary}");
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[test]
+fn sigterm_ends_both_ends_cleanly() {
+    let Some(mut b) = bench("term") else { return };
+    start_pair(&mut b, &[], &[]);
+    assert_eq!(b.stop("client"), Some(0));
+    assert_eq!(b.stop("server"), Some(0));
+    assert!(b.log("server").contains("SIGTERM: shutting down"));
+}
+
+#[test]
+fn a_device_in_use_is_refused() {
+    let Some(mut b) = bench("busy") else { return };
+    start_pair(&mut b, &[], &[]);
+    b.lametun(
+        Side::Server,
+        "second",
+        &["-listen", "-device", "tun0", "-port", "4321"],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(code) = b.exit_status("second") {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second lametun on the same device kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(2));
+    assert!(
+        b.log("second").contains("TUN device tun0 is in use"),
+        "{}",
+        b.log("second")
+    );
+    // The first one is unharmed.
+    assert_eq!(b.ping(Side::Client, SERVER_TUN, 2, None, false).unwrap(), 2);
+}
+
+#[test]
+fn without_offloads_the_plain_path_works() {
+    let Some(mut b) = bench("nooff") else { return };
+    start_pair(&mut b, &["--no-offload"], &["--no-offload"]);
+    assert!(
+        b.log("server").contains("tun_offload=false"),
+        "{}",
+        b.log("server")
+    );
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN, 5004),
+            Side::Client,
+            20 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(t.intact());
+}
+
+#[test]
+fn a_config_file_runs_a_tunnel() {
+    let Some(mut b) = bench("cfg") else { return };
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
+    b.lametun(
+        Side::Server,
+        "server",
+        &["--config", &format!("{dir}/plain-server.yaml")],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        &["--config", &format!("{dir}/plain-client.yaml")],
+    )
+    .unwrap();
+    wait_up(&b);
+    let routes = b
+        .exec(Side::Client, &["ip", "route", "show", "dev", "tun0"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&routes.stdout).contains("172.16.0.0/12"));
+}
+
+// ===== interoperability with the article's Go program =====
+
+/// The article's Go lametun, built once from the seed document, if a Go toolchain and
+/// Debian's golang.org/x/sys are installed (CI installs them).
+fn go_lametun() -> Option<PathBuf> {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let built = BIN.get_or_init(|| {
+        let seed = std::env::var("LAMETUN_SEED").map(PathBuf::from).unwrap_or_else(|_| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/seed/vpns-from-first-principles.md")
+        });
+        let text = std::fs::read_to_string(&seed).map_err(|e| format!("seed article {}: {e}", seed.display()))?;
+        let code: String = text
+            .split("```go\n")
+            .nth(1)
+            .and_then(|rest| rest.split("\n```").next())
+            .ok_or("no ```go block in the seed article")?
+            .to_owned();
+        let xsys = "/usr/share/gocode/src/golang.org/x/sys";
+        if !std::path::Path::new(xsys).exists() {
+            return Err("golang.org/x/sys is not installed (package golang-golang-x-sys-dev)".into());
+        }
+        let dir = std::env::temp_dir().join(format!("lametun-go-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("main.go"), code).map_err(|e| e.to_string())?;
+        std::fs::write(
+            dir.join("go.mod"),
+            format!("module lametun\n\ngo 1.19\n\nrequire golang.org/x/sys v0.3.0\n\nreplace golang.org/x/sys => {xsys}\n"),
+        )
+        .map_err(|e| e.to_string())?;
+        let out = std::process::Command::new("go")
+            .args(["build", "-o", "lametun-go", "."])
+            .current_dir(&dir)
+            .env("GOFLAGS", "-mod=mod")
+            .env("GOPROXY", "off")
+            .env("GOTOOLCHAIN", "local")
+            .env("GOCACHE", dir.join("cache"))
+            .output()
+            .map_err(|e| format!("`go` is not installed (package golang-go): {e}"))?;
+        if !out.status.success() {
+            return Err(format!("go build failed: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+        Ok(dir.join("lametun-go"))
+    });
+    match built {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            assert!(
+                std::env::var("LAMETUN_REQUIRE_NETNS").as_deref() != Ok("1"),
+                "LAMETUN_REQUIRE_NETNS=1 but the Go lametun cannot be built: {why}"
+            );
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Waits for device `dev` in `side`'s namespace and configures it the way the article
+/// does by hand: address, the MTU that fits its wire format, up.
+fn configure_go_device(b: &Bench, side: Side, cidr: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !b
+        .exec(side, &["ip", "link", "show", "tun0"])
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Go lametun did not create tun0"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for cmd in [
+        &["ip", "addr", "add", cidr, "dev", "tun0"][..],
+        &["ip", "link", "set", "dev", "tun0", "mtu", "1468"],
+        &["ip", "link", "set", "dev", "tun0", "up"],
+    ] {
+        let out = b.exec(side, cmd).unwrap();
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_go_lametun_as_server_talks_to_ours() {
+    let Some(go) = go_lametun() else { return };
+    let Some(mut b) = bench("gos") else { return };
+    b.binary = go;
+    b.spawn(Side::Server, "server", &["-listen", "-device", "tun0"])
+        .unwrap();
+    configure_go_device(&b, Side::Server, SERVER_CIDR);
+    b.binary = lametun_bin().into();
+    b.lametun(
+        Side::Client,
+        "client",
+        &[
+            "-server",
+            SERVER_UL,
+            "-device",
+            "tun0",
+            "--address",
+            CLIENT_CIDR,
+        ],
+    )
+    .unwrap();
+    wait_up(&b);
+    assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN, 5005),
+            Side::Client,
+            5 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(t.intact());
+    // Our keepalive (a bare packet-information header) did not make it exit.
+    assert!(
+        b.exit_status("server").is_none(),
+        "the Go server exited:\n{}",
+        b.log("server")
+    );
+}
+
+#[test]
+fn our_server_talks_to_the_go_lametun_as_client() {
+    let Some(go) = go_lametun() else { return };
+    let Some(mut b) = bench("goc") else { return };
+    b.lametun(
+        Side::Server,
+        "server",
+        &["-listen", "-device", "tun0", "--address", SERVER_CIDR],
+    )
+    .unwrap();
+    b.binary = go;
+    b.spawn(
+        Side::Client,
+        "client",
+        &["-server", SERVER_UL, "-device", "tun0"],
+    )
+    .unwrap();
+    b.binary = lametun_bin().into();
+    configure_go_device(&b, Side::Client, CLIENT_CIDR);
+    wait_up(&b);
+    assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
+    let t = b
+        .tcp_transfer(
+            Side::Client,
+            testnet::addr(CLIENT_TUN, 5006),
+            Side::Server,
+            5 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(t.intact());
+}
+
+#[test]
+fn a_port_in_use_is_refused() {
+    let Some(mut b) = bench("port2") else { return };
+    start_pair(&mut b, &[], &[]);
+    b.lametun(
+        Side::Server,
+        "second",
+        &["-listen", "-device", "tun1", "-port", "1234"],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(code) = b.exit_status("second") {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second lametun on a port in use kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(2));
+    assert!(
+        b.log("second").contains("UDP port 1234 is in use"),
+        "{}",
+        b.log("second")
+    );
+}
+
+#[test]
+fn no_permission_for_the_tun_device_is_explained() {
+    let Some(b) = bench("perm") else { return };
+    // As an unprivileged user, inside the bench's namespace.
+    let out = b
+        .exec(
+            Side::Server,
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                lametun_bin(),
+                "-listen",
+                "-device",
+                "ltperm0",
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no permission to open TUN device ltperm0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ip tuntap add dev ltperm0 mode tun user"),
+        "{err}"
+    );
+}

@@ -1,0 +1,28 @@
+//! lametun's integration tests, in one binary (faster to link than one per file).
+//!
+//! - `configs`: every file in `configs/` loads; bad files give the messages they must.
+//! - `cli`: the binary's exit codes and messages, without a device.
+//! - `netns`: real tunnels between network namespaces (needs root and /dev/net/tun; each
+//!   test prints why it skips otherwise, and fails instead when
+//!   `LAMETUN_REQUIRE_NETNS=1`, as in CI).
+
+mod cli;
+mod configs;
+mod netns;
+
+/// The binary under test.
+pub(crate) fn lametun_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_lametun")
+}
+
+/// The stage types the `lametun` binary must have registered (a missing `use crate as _`
+/// in `src/lib.rs` makes one vanish silently; this catches it).
+pub(crate) const BUNDLED_STAGES: &[&str] = &["passthrough"];
+
+#[test]
+fn the_bundled_stages_are_all_registered() {
+    // The library links them; this test binary links the library.
+    let _ = lametun_core::registry::names;
+    assert_eq!(lametun_core::registry::names(), BUNDLED_STAGES);
+    assert!(lametun_core::registry::duplicates().is_empty());
+}
