@@ -5,10 +5,12 @@
 //! - `netns`: real tunnels between network namespaces (needs root and /dev/net/tun; each
 //!   test prints why it skips otherwise, and fails instead when
 //!   `LAMETUN_REQUIRE_NETNS=1`, as in CI).
+//! - `stats`: the stats stage's endpoint and table against real traffic (namespaces too).
 
 mod cli;
 mod configs;
 mod netns;
+mod stats;
 
 /// The binary under test.
 pub(crate) fn lametun_bin() -> &'static str {
@@ -17,7 +19,7 @@ pub(crate) fn lametun_bin() -> &'static str {
 
 /// The stage types the `lametun` binary must have registered (a missing `use crate as _`
 /// in `src/lib.rs` makes one vanish silently; this catches it).
-pub(crate) const BUNDLED_STAGES: &[&str] = &["passthrough"];
+pub(crate) const BUNDLED_STAGES: &[&str] = &["passthrough", "stats"];
 
 #[test]
 fn the_bundled_stages_are_all_registered() {
