@@ -2,6 +2,7 @@
 //!
 //! - `configs`: every file in `configs/` loads; bad files give the messages they must.
 //! - `cli`: the binary's exit codes and messages, without a device.
+//! - `filter`: the filter stage's example configs on real devices, in namespaces.
 //! - `netns`: real tunnels between network namespaces (needs root and /dev/net/tun; each
 //!   test prints why it skips otherwise, and fails instead when
 //!   `LAMETUN_REQUIRE_NETNS=1`, as in CI).
@@ -9,6 +10,7 @@
 
 mod cli;
 mod configs;
+mod filter;
 mod netns;
 mod stats;
 
@@ -19,7 +21,7 @@ pub(crate) fn lametun_bin() -> &'static str {
 
 /// The stage types the `lametun` binary must have registered (a missing `use crate as _`
 /// in `src/lib.rs` makes one vanish silently; this catches it).
-pub(crate) const BUNDLED_STAGES: &[&str] = &["passthrough", "stats"];
+pub(crate) const BUNDLED_STAGES: &[&str] = &["filter", "passthrough", "stats"];
 
 #[test]
 fn the_bundled_stages_are_all_registered() {
