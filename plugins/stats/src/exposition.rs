@@ -18,7 +18,7 @@
 //! | `lametun_stage_passed_total` | `stage`, `type`, `direction` | passes of every stage |
 //! | `lametun_stage_dropped_total` | `stage`, `type`, `direction`, `reason` | drops of every stage by reason |
 //! | `lametun_stats_packets_total`, `…_stats_bytes_total`, `…_stats_keepalives_total` | `stage`, `direction` | what each `stats` stage counted |
-//! | `lametun_<name>` | `stage`, the metric's own | every other [`Metric`] a stage reports, e.g. `lametun_filter_rule_drops_total{stage="filter",rule="3"}` |
+//! | `lametun_<name>` | `stage`, the metric's own | every other [`Metric`] a stage reports, e.g. `lametun_filter_rule_matches_total{stage="filter",rule="3",action="deny",…}` |
 //! | `lametun_peer_info` | `peer` | the peer datagrams go to now (absent until known) |
 //! | `lametun_uptime_seconds` | | seconds since the endpoint started |
 //!

@@ -73,7 +73,7 @@ pub struct StatsPoint {
 pub struct StageMetric {
     /// The stage's label.
     pub stage: String,
-    /// The metric name without the `lametun_` prefix (`filter_rule_drops_total`).
+    /// The metric name without the `lametun_` prefix (`filter_rule_matches_total`).
     pub name: String,
     /// Its labels other than `stage`.
     pub labels: Vec<(String, String)>,
@@ -498,7 +498,15 @@ pub fn render(report: &Report, previous: Option<(&Report, Duration)>, source: &s
     }
     t.render(&mut out);
 
-    if !report.stage_metrics.is_empty() {
+    // Counters still at 0 (a filter rule that never matched, in each direction) would
+    // bury the ones that moved: they are counted, not listed.
+    let is_idle_counter = |m: &StageMetric| m.value == 0.0 && m.name.ends_with("_total");
+    let idle = report
+        .stage_metrics
+        .iter()
+        .filter(|m| is_idle_counter(m))
+        .count();
+    if idle < report.stage_metrics.len() {
         out.push('\n');
         let mut t = Table::new(&[
             ("STAGE METRICS", Left),
@@ -507,7 +515,7 @@ pub fn render(report: &Report, previous: Option<(&Report, Duration)>, source: &s
             ("value", Right),
             ("change", Right),
         ]);
-        for m in &report.stage_metrics {
+        for m in report.stage_metrics.iter().filter(|m| !is_idle_counter(m)) {
             let labels = m
                 .labels
                 .iter()
@@ -532,6 +540,13 @@ pub fn render(report: &Report, previous: Option<(&Report, Duration)>, source: &s
             ]);
         }
         t.render(&mut out);
+    }
+    if idle > 0 {
+        let _ = writeln!(
+            out,
+            "({idle} stage counter{} at 0 not shown)",
+            if idle == 1 { "" } else { "s" }
+        );
     }
 
     out.push('\n');

@@ -33,9 +33,9 @@ fn openmetrics_text_holds_every_counter_with_its_labels() {
         "lametun_stage_passed_total{stage=\"filter\",type=\"filter\",direction=\"inbound\"} 1995",
         "lametun_stage_dropped_total{stage=\"filter\",type=\"filter\",direction=\"inbound\",reason=\"filtered\"} 10",
         "lametun_stage_dropped_total{stage=\"chacha20poly1305\",type=\"chacha20poly1305\",direction=\"inbound\",reason=\"bad_tag\"} 3",
-        "# HELP lametun_filter_rule_drops help text",
-        "lametun_filter_rule_drops_total{stage=\"filter\",rule=\"0\"} 10",
-        "lametun_filter_rule_drops_total{stage=\"filter\",rule=\"2\"} 0",
+        "# HELP lametun_filter_rule_matches help text",
+        "lametun_filter_rule_matches_total{stage=\"filter\",rule=\"0\",action=\"deny\"} 10",
+        "lametun_filter_rule_matches_total{stage=\"filter\",rule=\"2\",action=\"deny\"} 0",
         "lametun_stats_packets_total{stage=\"stats\",direction=\"outbound\"} 998",
         "lametun_stats_bytes_total{stage=\"stats\",direction=\"inbound\"} 2401200",
         "lametun_stats_keepalives_total{stage=\"stats\",direction=\"inbound\"} 5",
@@ -153,14 +153,20 @@ fn both_formats_read_back_into_the_same_report() {
             [
                 (
                     "filter",
-                    "filter_rule_drops_total",
-                    vec![("rule".to_owned(), "0".to_owned())],
+                    "filter_rule_matches_total",
+                    vec![
+                        ("rule".to_owned(), "0".to_owned()),
+                        ("action".to_owned(), "deny".to_owned())
+                    ],
                     10.0
                 ),
                 (
                     "filter",
-                    "filter_rule_drops_total",
-                    vec![("rule".to_owned(), "2".to_owned())],
+                    "filter_rule_matches_total",
+                    vec![
+                        ("rule".to_owned(), "2".to_owned()),
+                        ("action".to_owned(), "deny".to_owned())
+                    ],
                     0.0
                 ),
                 ("chacha20poly1305", "replay_window_packets", vec![], 8128.0),

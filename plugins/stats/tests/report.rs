@@ -58,8 +58,8 @@ fn one_shot_table_shows_totals_and_average_rates_since_start() {
             "core out 998 2 0.0 no_peer 2",
             "core in 1,995 1 0.0 malformed 1",
             "STAGE METRICS value change",
-            "filter filter_rule_drops_total rule=0 10",
-            "filter filter_rule_drops_total rule=2 0",
+            "filter filter_rule_matches_total rule=0 action=deny 10",
+            "(1 stage counter at 0 not shown)",
             "chacha20poly1305 replay_window_packets 8,128",
             "chacha20poly1305 rekeys_total 2.500",
             "ERRORS tun read 0 · tun write 2 · udp send 0 · udp recv 0 · peer changes 1",
@@ -108,7 +108,7 @@ fn watch_table_shows_rates_since_the_previous_scrape_and_changes() {
             "out read from TUN 1,500 1.72 MiB 250 pkt/s 2.40 Mbit/s",
             "out at stats 998 1.14 MiB 0 pkt/s 0 bit/s",
             "filter in 1,995 15 2.0 filtered 14, malformed 1",
-            "filter filter_rule_drops_total rule=0 14 +4",
+            "filter filter_rule_matches_total rule=0 action=deny 14 +4",
         ],
     );
 }

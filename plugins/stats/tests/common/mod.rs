@@ -134,8 +134,18 @@ pub fn snapshot() -> TunnelSnapshot {
                 outbound: pd(998, &[]),
                 inbound: pd(1995, &[("filtered", 10), ("malformed", 1)]),
                 metrics: vec![
-                    metric("filter_rule_drops", Counter, &[("rule", "0")], 10.0),
-                    metric("filter_rule_drops", Counter, &[("rule", "2")], 0.0),
+                    metric(
+                        "filter_rule_matches",
+                        Counter,
+                        &[("rule", "0"), ("action", "deny")],
+                        10.0,
+                    ),
+                    metric(
+                        "filter_rule_matches",
+                        Counter,
+                        &[("rule", "2"), ("action", "deny")],
+                        0.0,
+                    ),
                     // Not valid or reserved: skipped, never a broken exposition.
                     metric("bad-name", Counter, &[], 1.0),
                     metric("stage_passed", Counter, &[], 1.0),
@@ -199,7 +209,7 @@ pub fn snapshot() -> TunnelSnapshot {
                     // A counter named with its suffix already: not doubled.
                     metric("rekeys_total", Counter, &[], 2.5),
                     // Same name as a counter above, other kind: skipped.
-                    metric("filter_rule_drops", Gauge, &[("rule", "9")], 1.0),
+                    metric("filter_rule_matches", Gauge, &[("rule", "9")], 1.0),
                 ],
             },
         ],
