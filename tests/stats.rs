@@ -228,3 +228,87 @@ fn a_stats_port_in_use_stops_the_tunnel_at_start_up() {
         "{log}"
     );
 }
+
+#[test]
+fn lametun_stats_shows_which_filter_rule_dropped_what() {
+    let Some(mut b) = bench("sfil") else { return };
+    // The shipped filtered server, with a stats stage below the filter (so inbound it
+    // sees packets before the filter decides).
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/configs");
+    let mut yaml = std::fs::read_to_string(format!("{dir}/filtered-server.yaml")).unwrap();
+    yaml.push_str("  - type: stats\n    interval: off\n    listen: 127.0.0.1:9100\n");
+    let server = b.dir().join("server.yaml");
+    std::fs::write(&server, yaml).unwrap();
+    b.lametun(
+        Side::Server,
+        "server",
+        &["--config", server.to_str().unwrap()],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        // The plain client: the filtered one would refuse SSH on its own side already.
+        &["--config", &format!("{dir}/plain-client.yaml")],
+    )
+    .unwrap();
+    wait_up(&b);
+
+    // SSH is refused by rule 1 (the SYN and its retransmissions are dropped).
+    let ssh = lametun::testnet::addr(SERVER_TUN, 22);
+    assert!(
+        !b.tcp_connects(Side::Client, ssh, Duration::from_millis(1500))
+            .unwrap()
+    );
+    let r = quiet(&b);
+
+    let filter = r.stages.iter().find(|s| s.stage == "filter").unwrap();
+    let filtered = filter
+        .inbound
+        .drops
+        .iter()
+        .find(|(reason, _)| reason == "filtered")
+        .map_or(0, |d| d.1);
+    assert!(filtered >= 1, "{r:#?}");
+    let rule = |name: &str, direction: &str| {
+        r.stage_metrics
+            .iter()
+            .find(|m| {
+                m.stage == "filter"
+                    && m.name == "filter_rule_matches_total"
+                    && m.labels.iter().any(|(k, v)| k == "name" && v == name)
+                    && m.labels
+                        .iter()
+                        .any(|(k, v)| k == "direction" && v == direction)
+            })
+            .unwrap_or_else(|| panic!("no {name}/{direction} rule metric in {r:#?}"))
+            .value as u64
+    };
+    // Only the SSH rule denied anything, so it accounts for every filtered drop.
+    assert_eq!(rule("no-ssh", "inbound"), filtered);
+    assert!(rule("icmp", "inbound") >= 1, "the pings of wait_up");
+    // The stats stage, below the filter, saw the dropped SYNs arrive.
+    let stats = &r.points[0];
+    assert!(stats.inbound.packets >= r.tunnel.tun_tx_packets + filtered);
+
+    let table = report::render(&r, None, URL);
+    let line = table
+        .lines()
+        .find(|l| l.contains("filter_rule_matches_total") && l.contains("name=no-ssh"))
+        .unwrap_or_else(|| panic!("no SSH rule line in:\n{table}"));
+    assert!(
+        line.contains("action=deny") && line.contains("direction=inbound"),
+        "{line}"
+    );
+    assert_eq!(
+        line.split_whitespace().nth(6),
+        Some(filtered.to_string().as_str()),
+        "{line}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("filter") && l.contains(&format!("filtered {filtered}"))),
+        "{table}"
+    );
+}
