@@ -11,6 +11,7 @@
 //! lametun stages
 //! lametun demo
 //! lametun genkey [FILE]
+//! lametun stats [ADDR] [--watch]
 //! ```
 
 use std::ffi::OsString;
@@ -38,6 +39,7 @@ const LONG_FLAGS: &[&str] = &[
     "help",
     "version",
     "watch",
+    "interval",
 ];
 
 /// Rewrites `-flag` and `-flag=value` to `--flag…` for the long flags above.
@@ -132,6 +134,19 @@ pub enum Command {
     Genkey {
         /// Write the key here (refuses to overwrite) instead of printing it.
         file: Option<PathBuf>,
+    },
+    /// Read a running tunnel's stats endpoint (the stats stage's `listen:`) and print a
+    /// table of traffic, drops by stage and reason, and errors.
+    Stats {
+        /// Where the endpoint listens: a port, HOST:PORT or an http:// URL.
+        #[arg(default_value = lametun_stage_stats::DEFAULT_ADDR)]
+        addr: String,
+        /// Refresh the table top-style, with rates, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
     },
 }
 
@@ -254,6 +269,22 @@ pub fn main() -> ExitCode {
         }
         Some(Command::Demo) => crate::demo::run().map_err(Failure::Runtime),
         Some(Command::Genkey { file }) => genkey(file.as_deref()),
+        Some(Command::Stats {
+            addr,
+            watch,
+            interval,
+        }) => {
+            if !(interval.is_finite() && *interval >= 0.1) {
+                Err(Failure::Setup("--interval: at least 0.1 seconds".into()))
+            } else {
+                lametun_stage_stats::run_stats_command(
+                    addr,
+                    *watch,
+                    std::time::Duration::from_secs_f64(*interval),
+                )
+                .map_err(|e| Failure::Setup(format!("stats: {e}")))
+            }
+        }
         None => cli.tunnel_config().and_then(|config| {
             if config.peer.role.is_none() {
                 return Err(Failure::Setup(run::NO_ROLE.into()));

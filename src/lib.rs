@@ -33,6 +33,7 @@ pub mod udp;
 pub use lametun_core;
 use lametun_stage_chacha20poly1305 as _;
 use lametun_stage_filter as _;
+use lametun_stage_stats as _;
 
 /// The whole lametun command line: parse the arguments, run the command, return the
 /// exit code. Custom binaries call this after linking their stage crates.

@@ -8,12 +8,14 @@
 //!   `LAMETUN_REQUIRE_NETNS=1`, as in CI).
 //! - `encrypted`: the same for the `chacha20poly1305` stage, with an attacker on the
 //!   link who captures (tcpdump), replays and forges datagrams.
+//! - `stats`: the stats stage's endpoint and table against real traffic (namespaces too).
 
 mod cli;
 mod configs;
 mod encrypted;
 mod filter;
 mod netns;
+mod stats;
 
 /// The binary under test.
 pub(crate) fn lametun_bin() -> &'static str {
@@ -22,7 +24,7 @@ pub(crate) fn lametun_bin() -> &'static str {
 
 /// The stage types the `lametun` binary must have registered (a missing `use crate as _`
 /// in `src/lib.rs` makes one vanish silently; this catches it).
-pub(crate) const BUNDLED_STAGES: &[&str] = &["chacha20poly1305", "filter", "passthrough"];
+pub(crate) const BUNDLED_STAGES: &[&str] = &["chacha20poly1305", "filter", "passthrough", "stats"];
 
 #[test]
 fn the_bundled_stages_are_all_registered() {
