@@ -10,6 +10,8 @@
 //! lametun check-config FILE
 //! lametun stages
 //! lametun demo
+//! lametun genkey [FILE]
+//! lametun stats [ADDR] [--watch]
 //! ```
 
 use std::ffi::OsString;
@@ -37,6 +39,7 @@ const LONG_FLAGS: &[&str] = &[
     "help",
     "version",
     "watch",
+    "interval",
 ];
 
 /// Rewrites `-flag` and `-flag=value` to `--flag…` for the long flags above.
@@ -126,6 +129,25 @@ pub enum Command {
     /// As root: run a tunnel between two network namespaces on this machine, send
     /// traffic through it, print what happened, and remove everything again.
     Demo,
+    /// Print a fresh 32-byte pre-shared key (base64, from the OS random generator) for the
+    /// chacha20poly1305 stage, or write it to FILE with mode 0600.
+    Genkey {
+        /// Write the key here (refuses to overwrite) instead of printing it.
+        file: Option<PathBuf>,
+    },
+    /// Read a running tunnel's stats endpoint (the stats stage's `listen:`) and print a
+    /// table of traffic, drops by stage and reason, and errors.
+    Stats {
+        /// Where the endpoint listens: a port, HOST:PORT or an http:// URL.
+        #[arg(default_value = lametun_stage_stats::DEFAULT_ADDR)]
+        addr: String,
+        /// Refresh the table top-style, with rates, until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes with --watch.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+    },
 }
 
 /// Reads a config file; errors name the file.
@@ -246,6 +268,23 @@ pub fn main() -> ExitCode {
             Ok(())
         }
         Some(Command::Demo) => crate::demo::run().map_err(Failure::Runtime),
+        Some(Command::Genkey { file }) => genkey(file.as_deref()),
+        Some(Command::Stats {
+            addr,
+            watch,
+            interval,
+        }) => {
+            if !(interval.is_finite() && *interval >= 0.1) {
+                Err(Failure::Setup("--interval: at least 0.1 seconds".into()))
+            } else {
+                lametun_stage_stats::run_stats_command(
+                    addr,
+                    *watch,
+                    std::time::Duration::from_secs_f64(*interval),
+                )
+                .map_err(|e| Failure::Setup(format!("stats: {e}")))
+            }
+        }
         None => cli.tunnel_config().and_then(|config| {
             if config.peer.role.is_none() {
                 return Err(Failure::Setup(run::NO_ROLE.into()));
@@ -257,6 +296,34 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => fail(&f),
     }
+}
+
+/// `lametun genkey [FILE]`: a new key on stdout, or in a new file only its owner can read.
+fn genkey(file: Option<&Path>) -> Result<(), Failure> {
+    let key = lametun_stage_chacha20poly1305::generate_key();
+    let Some(path) = file else {
+        println!("{key}");
+        return Ok(());
+    };
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| {
+            Failure::Setup(format!(
+                "{}: cannot create the key file: {e}",
+                path.display()
+            ))
+        })?;
+    writeln!(f, "{key}").map_err(|e| Failure::Setup(format!("{}: {e}", path.display())))?;
+    eprintln!(
+        "wrote a new key to {} (mode 0600); copy it to the other end over a secure channel",
+        path.display()
+    );
+    Ok(())
 }
 
 fn print_stages() {
@@ -285,7 +352,8 @@ pub fn check_config(file: &Path) -> Result<(), Failure> {
         ),
         Some(Role::Listen) => {
             let bind = crate::udp::bind_address(config.peer.bind, config.peer.port);
-            let outer = if bind.is_ipv4() {
+            let wildcard6 = bind.is_ipv6() && bind.ip().is_unspecified();
+            let outer = if bind.is_ipv4() || wildcard6 {
                 lametun_core::mtu::OuterIp::V4
             } else {
                 lametun_core::mtu::OuterIp::V6
@@ -293,8 +361,8 @@ pub fn check_config(file: &Path) -> Result<(), Failure> {
             (
                 format!("listen on {bind}, learn the peer from its datagrams"),
                 outer,
-                if bind.is_ipv6() {
-                    " (IPv6 outer header assumed: the socket takes IPv6 peers; set peer.bind: 0.0.0.0 for IPv4 only)"
+                if wildcard6 {
+                    " (lowered by 20 while the peer is an IPv6 address)"
                 } else {
                     ""
                 },

@@ -31,6 +31,9 @@ pub mod udp;
 // that some code refers to: without these lines the bundled stages would silently be
 // missing from the registry (see `lametun_core::registry`). A test checks the list.
 pub use lametun_core;
+use lametun_stage_chacha20poly1305 as _;
+use lametun_stage_filter as _;
+use lametun_stage_stats as _;
 
 /// The whole lametun command line: parse the arguments, run the command, return the
 /// exit code. Custom binaries call this after linking their stage crates.

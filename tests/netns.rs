@@ -558,3 +558,68 @@ fn our_server_talks_to_the_go_lametun_as_client() {
         .unwrap();
     assert!(t.intact());
 }
+
+#[test]
+fn a_port_in_use_is_refused() {
+    let Some(mut b) = bench("port2") else { return };
+    start_pair(&mut b, &[], &[]);
+    b.lametun(
+        Side::Server,
+        "second",
+        &["-listen", "-device", "tun1", "-port", "1234"],
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(code) = b.exit_status("second") {
+            break code;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a second lametun on a port in use kept running"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(code, Some(2));
+    assert!(
+        b.log("second").contains("UDP port 1234 is in use"),
+        "{}",
+        b.log("second")
+    );
+}
+
+#[test]
+fn no_permission_for_the_tun_device_is_explained() {
+    let Some(b) = bench("perm") else { return };
+    // As an unprivileged user, inside the bench's namespace.
+    let out = b
+        .exec(
+            Side::Server,
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                lametun_bin(),
+                "-listen",
+                "-device",
+                "ltperm0",
+            ],
+        )
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no permission to open TUN device ltperm0"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ip tuntap add dev ltperm0 mode tun user"),
+        "{err}"
+    );
+}

@@ -2,13 +2,20 @@
 //!
 //! - `configs`: every file in `configs/` loads; bad files give the messages they must.
 //! - `cli`: the binary's exit codes and messages, without a device.
+//! - `filter`: the filter stage's example configs on real devices, in namespaces.
 //! - `netns`: real tunnels between network namespaces (needs root and /dev/net/tun; each
 //!   test prints why it skips otherwise, and fails instead when
 //!   `LAMETUN_REQUIRE_NETNS=1`, as in CI).
+//! - `encrypted`: the same for the `chacha20poly1305` stage, with an attacker on the
+//!   link who captures (tcpdump), replays and forges datagrams.
+//! - `stats`: the stats stage's endpoint and table against real traffic (namespaces too).
 
 mod cli;
 mod configs;
+mod encrypted;
+mod filter;
 mod netns;
+mod stats;
 
 /// The binary under test.
 pub(crate) fn lametun_bin() -> &'static str {
@@ -17,7 +24,7 @@ pub(crate) fn lametun_bin() -> &'static str {
 
 /// The stage types the `lametun` binary must have registered (a missing `use crate as _`
 /// in `src/lib.rs` makes one vanish silently; this catches it).
-pub(crate) const BUNDLED_STAGES: &[&str] = &["passthrough"];
+pub(crate) const BUNDLED_STAGES: &[&str] = &["chacha20poly1305", "filter", "passthrough", "stats"];
 
 #[test]
 fn the_bundled_stages_are_all_registered() {
