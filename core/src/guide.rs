@@ -10,7 +10,11 @@
 //! The complete worked example is the `examples/custom-stage` crate of the lametun
 //! repository: a `pcap` stage that writes what passes to a file Wireshark opens, its
 //! own binary, unit tests, and a real tunnel test. Its `README.md` is the step-by-step
-//! version of this guide.
+//! version of this guide. The bundled stages are written the same way and are worth
+//! reading too: `plugins/chacha20poly1305` (overhead, a nonce counter shared by every
+//! thread, a replay window, `on_tick`), `plugins/filter` (parsing IP headers without
+//! trusting them, per-rule metrics) and `plugins/stats` (a `background` HTTP
+//! endpoint, a socket bound in `build`).
 //!
 //! - [1. Where a stage sits](#1-where-a-stage-sits)
 //! - [2. A complete stage](#2-a-complete-stage)
