@@ -40,6 +40,7 @@ const LONG_FLAGS: &[&str] = &[
     "version",
     "watch",
     "interval",
+    "examples",
 ];
 
 /// Rewrites `-flag` and `-flag=value` to `--flag…` for the long flags above.
@@ -125,7 +126,11 @@ pub enum Command {
         file: PathBuf,
     },
     /// List the stage types this binary knows.
-    Stages,
+    Stages {
+        /// Also print each type's YAML example.
+        #[arg(long)]
+        examples: bool,
+    },
     /// As root: run a tunnel between two network namespaces on this machine, send
     /// traffic through it, print what happened, and remove everything again.
     Demo,
@@ -263,8 +268,8 @@ pub fn main() -> ExitCode {
     };
     let result = match &cli.command {
         Some(Command::CheckConfig { file }) => check_config(file),
-        Some(Command::Stages) => {
-            print_stages();
+        Some(Command::Stages { examples }) => {
+            print_stages(*examples);
             Ok(())
         }
         Some(Command::Demo) => crate::demo::run().map_err(Failure::Runtime),
@@ -326,11 +331,17 @@ fn genkey(file: Option<&Path>) -> Result<(), Failure> {
     Ok(())
 }
 
-fn print_stages() {
+fn print_stages(examples: bool) {
     let regs = registry::registrations();
     let width = regs.iter().map(|r| r.type_name.len()).max().unwrap_or(0);
     for r in &regs {
         println!("{:width$}  {}", r.type_name, r.summary);
+        if examples && !r.example.is_empty() {
+            for line in r.example.lines() {
+                println!("{:width$}    {line}", "");
+            }
+            println!();
+        }
     }
     let dups = registry::duplicates();
     if !dups.is_empty() {

@@ -104,12 +104,11 @@ fn parse_interval(raw: &RawInterval) -> Result<Option<Duration>, String> {
     }
 }
 
-/// Checks `listen` and binds it.
-fn parse_listen(text: &str) -> Result<std::net::TcpListener, String> {
-    let addr: SocketAddr = text.trim().parse().map_err(|_| {
+/// Checks `listen`.
+fn parse_listen(text: &str) -> Result<SocketAddr, String> {
+    text.trim().parse().map_err(|_| {
         format!("invalid address {text:?}: expected IP:PORT, such as 127.0.0.1:9100 or [::1]:9100")
-    })?;
-    server::bind(addr)
+    })
 }
 
 impl StageConfig for StatsConfig {
@@ -128,15 +127,27 @@ impl StageConfig for StatsConfig {
                 None
             }
         };
-        let listener = match self.listen.as_deref().map(parse_listen) {
-            None => None,
-            Some(Ok(listener)) => Some(listener),
+        // A dry run (`lametun check-config`, perhaps beside the running tunnel) checks the
+        // address but binds nothing; a real build binds now, so that a port in use is a
+        // start-up error.
+        let (listener, local_addr) = match self.listen.as_deref().map(parse_listen) {
+            None => (None, None),
+            Some(Ok(addr)) if cx.dry_run() => (None, Some(addr)),
+            Some(Ok(addr)) => match server::bind(addr) {
+                Ok(listener) => {
+                    let local = listener.local_addr().ok();
+                    (Some(listener), local)
+                }
+                Err(message) => {
+                    errors.push("listen", message);
+                    (None, None)
+                }
+            },
             Some(Err(message)) => {
                 errors.push("listen", message);
-                None
+                (None, None)
             }
         };
-        let local_addr = listener.as_ref().and_then(|l| l.local_addr().ok());
         errors.or_ok(Stats {
             outbound: DirCounters::default(),
             inbound: DirCounters::default(),
