@@ -15,6 +15,7 @@ mod configs;
 mod encrypted;
 mod filter;
 mod netns;
+mod readme;
 mod stats;
 
 /// The binary under test.
