@@ -7,7 +7,7 @@
 //!  outbound, one thread per TUN queue:
 //!    TUN queue ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► peer
 //!  inbound, one thread:
-//!    peer ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, GRO-coalesced──► TUN
+//!    peer ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
 //! ```
 //!
 //! Both move batches. A TUN read with offloads on returns a TCP "superpacket" of up to
@@ -15,8 +15,8 @@
 //! the queue is empty or its slots are full, then runs every packet through the chain,
 //! then sends the datagrams in as few `sendmsg` calls as UDP GSO allows (see
 //! [`batch`](crate::batch)). The inbound thread receives up to a few hundred datagrams
-//! per `recvmmsg`, and `tun-rs` coalesces consecutive TCP segments back into
-//! superpackets for the kernel. Stages still see one packet at a time.
+//! per `recvmmsg`, and [`gro`](crate::gro) merges consecutive TCP and UDP segments back
+//! into superpackets for the kernel. Stages still see one packet at a time.
 //!
 //! Buffers are allocated once per thread and reused: nothing on the per-packet path
 //! allocates. Errors that concern one packet are counted and logged at a limited rate;
@@ -36,10 +36,11 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
-use tun_rs::{GROTable, SyncDevice, VIRTIO_NET_HDR_LEN};
+use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::batch::{Datagram, GsoLimits, Run, plan_runs};
 use crate::device::GSO_MAX_SEGS;
+use crate::gro::{Coalescer, WriteReport};
 
 /// Packets per outbound batch (slots of one MTU each).
 pub const BATCH: usize = 128;
@@ -298,27 +299,88 @@ async fn send_transmit(
 
 // ===== inbound: peer -> TUN =====
 
-/// One TUN write slot: a growable buffer, as `tun-rs`'s GRO coalescing needs (it appends
-/// the payload of later segments to the first one of a flow).
-fn tun_slot(capacity: usize) -> Vec<u8> {
-    Vec::with_capacity(capacity)
+/// The inbound side's TUN writes: slots the chain fills with packets, and the
+/// [`Coalescer`] that writes them, consecutive segments of a flow merged into
+/// superpackets with gathered writes.
+///
+/// Each packet stays where the chain left it in its slot: the coalescer writes the
+/// headers from its own buffer and the payloads from the slots, so a slot needs no
+/// spare room for a superpacket (a test writes from slots sized exactly to the
+/// packet).
+pub struct TunWriter {
+    slots: Vec<Vec<u8>>,
+    /// `(start, end)` of the packet in each filled slot.
+    spans: ArrayVec<(usize, usize), BATCH>,
+    /// Room a packet may take: inbound stages may grow it up to the MTU (decompression).
+    room: usize,
+    gro: Coalescer,
+}
+
+impl TunWriter {
+    /// A writer for `queue` with [`BATCH`] slots of `room` bytes, the most a datagram
+    /// and the packet it becomes may take (a longer datagram grows its slot).
+    pub fn new(queue: &SyncDevice, room: usize) -> Self {
+        Self::with_slot_capacity(queue, room, room)
+    }
+
+    /// Like [`new`](Self::new), with slots allocated at `capacity` bytes.
+    pub fn with_slot_capacity(queue: &SyncDevice, room: usize, capacity: usize) -> Self {
+        TunWriter {
+            slots: (0..BATCH).map(|_| Vec::with_capacity(capacity)).collect(),
+            spans: ArrayVec::new(),
+            room,
+            gro: Coalescer::new(queue.tcp_gso(), queue.udp_gso()),
+        }
+    }
+
+    /// Copies `datagram` into the next free slot and lets `handle` (the chain) turn it
+    /// into an inner packet in place. The packet is kept for the next flush when
+    /// `handle` returns true. Returns true when the slots are full: flush before pushing
+    /// again.
+    pub fn push(&mut self, datagram: &[u8], handle: impl FnOnce(&mut PacketBuf<'_>) -> bool) -> bool {
+        let slot = &mut self.slots[self.spans.len()];
+        slot.clear();
+        slot.extend_from_slice(datagram);
+        slot.resize(self.room.max(datagram.len()), 0);
+        let mut pkt = PacketBuf::new(&mut slot[..], 0, datagram.len());
+        if handle(&mut pkt) {
+            let span = (pkt.start(), pkt.end());
+            self.spans.push(span);
+        }
+        self.spans.is_full()
+    }
+
+    /// Packets waiting for [`flush`](Self::flush).
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// Whether no packet is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// Writes the waiting packets to `queue`, coalesced where it can. An error is
+    /// returned only when the device is unusable; packets the kernel refused are in the
+    /// report.
+    pub fn flush(&mut self, queue: &SyncDevice) -> io::Result<WriteReport> {
+        let packets: ArrayVec<&[u8], BATCH> = self
+            .spans
+            .iter()
+            .zip(&self.slots)
+            .map(|(&(start, end), slot)| &slot[start..end])
+            .collect();
+        self.gro.plan(&packets);
+        let report = self.gro.write(queue, &packets);
+        self.spans.clear();
+        report
+    }
 }
 
 /// Receives datagrams and writes the packets they carry to the TUN device until cancelled.
 pub async fn inbound(queue: Arc<SyncDevice>, s: Arc<Shared>) -> io::Result<()> {
     let sock = register(s.udp.clone(), Interest::READABLE)?;
-    let head = s.fwd.headroom();
-    // Where the IP packet starts in a TUN slot: room for the virtio-net header, then the
-    // datagram's own headers, which the chain strips. Packets are moved here if a stage
-    // stripped a different amount, because tun-rs writes every slot from one offset.
-    let base = VIRTIO_NET_HDR_LEN;
-    let offset = base + head;
-    // Inbound stages may grow a packet up to the MTU (e.g. decompression).
-    let room = head + s.mtu + s.fwd.tailroom();
-    // tun-rs coalesces into a slot only when it can hold a 64 KiB superpacket.
-    let slot_capacity = 2 * offset + 65_535;
-    let mut slots: Vec<Vec<u8>> = (0..BATCH).map(|_| tun_slot(slot_capacity)).collect();
-    let mut gro = GROTable::default();
+    let mut out = TunWriter::new(&queue, s.fwd.headroom() + s.mtu + s.fwd.tailroom());
     let mut rx: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [RecvMeta::default(); RX_BUFFERS];
 
@@ -349,64 +411,34 @@ pub async fn inbound(queue: Arc<SyncDevice>, s: Arc<Shared>) -> io::Result<()> {
         drop(iovs);
 
         let now = Instant::now();
-        let mut k = 0;
         for (buf, meta) in rx.iter().zip(&metas[..got]) {
             let stride = meta.stride.max(1);
+            let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
             for datagram in buf[..meta.len].chunks(stride) {
-                let slot = &mut slots[k];
-                slot.clear();
-                slot.resize(base, 0);
-                slot.extend_from_slice(datagram);
-                let cap = base + room.max(datagram.len());
-                slot.resize(cap, 0);
-                let mut pkt = PacketBuf::new(&mut slot[..], base, datagram.len());
-                let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
-                if s.fwd.handle_udp(&mut pkt, meta.addr, dst_ip, now) != Outcome::WriteTun {
-                    continue;
-                }
-                let (start, end) = (pkt.start(), pkt.end());
-                let len = end - start;
-                if start != offset {
-                    if slot.len() < offset + len {
-                        slot.resize(offset + len, 0);
-                    }
-                    slot.copy_within(start..end, offset);
-                }
-                slot.truncate(offset + len);
-                k += 1;
-                if k == BATCH {
-                    write_tun(&queue, &mut gro, &mut slots[..k], offset, &s);
-                    k = 0;
+                let full = out.push(datagram, |pkt| {
+                    s.fwd.handle_udp(pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
+                });
+                if full {
+                    write_tun(&queue, &mut out, &s)?;
                 }
             }
         }
-        if k > 0 {
-            write_tun(&queue, &mut gro, &mut slots[..k], offset, &s);
+        if !out.is_empty() {
+            write_tun(&queue, &mut out, &s)?;
         }
     }
 }
 
-/// Writes a batch of packets (each at `offset` in its slot) to the TUN device, letting
-/// tun-rs coalesce TCP and UDP segments when the virtio-net header is on.
-fn write_tun(
-    queue: &SyncDevice,
-    gro: &mut GROTable,
-    slots: &mut [Vec<u8>],
-    offset: usize,
-    s: &Shared,
-) {
-    let packets = slots.len() as u64;
-    let bytes: usize = slots.iter().map(|b| b.len() - offset).sum();
-    match queue.send_multiple(gro, slots, offset) {
-        Ok(_) => {
-            s.fwd.counters().tun_tx_packets.add(packets);
-            s.fwd.counters().tun_tx_bytes.add(bytes as u64);
-        }
-        Err(e) => {
-            // tun-rs writes every packet and reports the last error; a packet the kernel
-            // refused (e.g. an invalid header that passed our checks) is lost alone.
-            s.fwd.counters().tun_write_errors.inc();
-            s.log_error("TUN write failed", &e);
-        }
+/// Flushes `out` to the TUN queue and counts the result.
+fn write_tun(queue: &SyncDevice, out: &mut TunWriter, s: &Shared) -> io::Result<()> {
+    let report = out.flush(queue)?;
+    let c = s.fwd.counters();
+    c.tun_tx_packets.add(report.packets as u64);
+    c.tun_tx_bytes.add(report.bytes as u64);
+    if let Some(e) = report.error {
+        // e.g. an invalid header that passed our checks: those packets are lost alone.
+        c.tun_write_errors.add(report.lost as u64);
+        s.log_error("TUN write failed", &e);
     }
+    Ok(())
 }

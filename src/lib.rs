@@ -23,6 +23,7 @@ pub mod cli;
 pub mod demo;
 pub mod device;
 pub mod driver;
+pub mod gro;
 pub mod run;
 pub mod testnet;
 pub mod udp;
