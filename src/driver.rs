@@ -325,7 +325,7 @@ impl TunWriter {
 
     /// Like [`new`](Self::new), with slots allocated at `capacity` bytes.
     pub fn with_slot_capacity(queue: &SyncDevice, room: usize, capacity: usize) -> Self {
-        TunWriter {
+        Self {
             slots: (0..BATCH).map(|_| Vec::with_capacity(capacity)).collect(),
             spans: ArrayVec::new(),
             room,
@@ -337,7 +337,11 @@ impl TunWriter {
     /// into an inner packet in place. The packet is kept for the next flush when
     /// `handle` returns true. Returns true when the slots are full: flush before pushing
     /// again.
-    pub fn push(&mut self, datagram: &[u8], handle: impl FnOnce(&mut PacketBuf<'_>) -> bool) -> bool {
+    pub fn push(
+        &mut self,
+        datagram: &[u8],
+        handle: impl FnOnce(&mut PacketBuf<'_>) -> bool,
+    ) -> bool {
         let slot = &mut self.slots[self.spans.len()];
         slot.clear();
         slot.extend_from_slice(datagram);

@@ -61,10 +61,13 @@ struct Parsed {
 }
 
 impl Parsed {
-    fn of(p: &[u8], udp_ok: bool) -> Option<Parsed> {
+    fn of(p: &[u8], udp_ok: bool) -> Option<Self> {
         let (v6, ip, proto) = match p.first()? >> 4 {
             4 => {
-                let total = usize::from(u16::from_be_bytes([*p.get(2)?, *p.get(3)?]));
+                if p.len() < 20 {
+                    return None;
+                }
+                let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
                 // No options, exactly the packet's length, not a fragment.
                 let fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
                 if p[0] != 0x45 || total != p.len() || fragment {
@@ -95,7 +98,7 @@ impl Parsed {
         };
         let headers = ip + l4;
         // A segment with no payload (a pure ACK) is not merged.
-        (p.len() > headers).then_some(Parsed {
+        (p.len() > headers).then_some(Self {
             v6,
             proto,
             ip,
@@ -142,7 +145,7 @@ impl Coalescer {
     /// or without UDP segmentation offload. Without the header, every packet is written
     /// as it is.
     pub fn new(vnet: bool, udp: bool) -> Self {
-        Coalescer {
+        Self {
             vnet,
             udp: vnet && udp,
             writes: Vec::with_capacity(MAX_PACKETS),
@@ -220,7 +223,8 @@ impl Coalescer {
                 // rewritten into `head` when the write is finished.
                 w.parts[0].1 = flow.parsed.headers as u16;
             }
-            w.parts.push((i as u8, parsed.headers as u16, p.len() as u16));
+            w.parts
+                .push((i as u8, parsed.headers as u16, p.len() as u16));
             let push = parsed.proto == TCP && p[parsed.ip + 13] & PSH != 0;
             w.open = payload == flow.segment && !push;
             w.flow = Some(Flow {
@@ -258,7 +262,12 @@ impl Coalescer {
                         .map(|&(k, _, _)| packets[usize::from(k)].len())
                         .sum::<usize>();
                 }
-                Err(e) if matches!(e, nix::Error::EBADF | nix::Error::EBADFD | nix::Error::ENODEV) => {
+                Err(e)
+                    if matches!(
+                        e,
+                        nix::Error::EBADF | nix::Error::EBADFD | nix::Error::ENODEV
+                    ) =>
+                {
                     return Err(e.into());
                 }
                 Err(e) => {
@@ -352,7 +361,8 @@ fn finish(w: &mut Write, packets: &[&[u8]]) {
     };
     w.head.clear();
     w.head.extend([0u8; VIRTIO_NET_HDR_LEN]);
-    vnet.encode(&mut w.head[..]).expect("the buffer is VIRTIO_NET_HDR_LEN long");
+    vnet.encode(&mut w.head[..])
+        .expect("the buffer is VIRTIO_NET_HDR_LEN long");
     let at = w.head.len();
     w.head
         .try_extend_from_slice(&first[..p.headers])
@@ -393,4 +403,396 @@ fn fold(mut s: u32) -> u16 {
         s = (s & 0xffff) + (s >> 16);
     }
     s as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lametun_core::testing::packets::{ipv4, ipv6};
+    use std::io::Read;
+
+    const A: [u8; 4] = [172, 31, 255, 7];
+    const B: [u8; 4] = [172, 31, 255, 13];
+
+    fn tcp_header(sport: u16, seq: u32, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let mut t = vec![0u8; 20];
+        t[0..2].copy_from_slice(&sport.to_be_bytes());
+        t[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        t[4..8].copy_from_slice(&seq.to_be_bytes());
+        t[8..12].copy_from_slice(&777u32.to_be_bytes());
+        t[12] = 5 << 4;
+        t[13] = flags;
+        t[14..16].copy_from_slice(&512u16.to_be_bytes());
+        t.extend_from_slice(payload);
+        t
+    }
+
+    fn payload(seq: u32, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (seq as usize + i) as u8).collect()
+    }
+
+    /// A TCP segment `sport -> 5201` at `seq` with `len` bytes of payload.
+    fn tcp4(sport: u16, seq: u32, len: usize, flags: u8) -> Vec<u8> {
+        ipv4(
+            A,
+            B,
+            TCP,
+            &tcp_header(sport, seq, flags, &payload(seq, len)),
+        )
+    }
+
+    fn tcp6(seq: u32, len: usize) -> Vec<u8> {
+        let (mut a, mut b) = ([0u8; 16], [0u8; 16]);
+        a[0] = 0xfd;
+        a[15] = 7;
+        b[0] = 0xfd;
+        b[15] = 13;
+        ipv6(a, b, TCP, &tcp_header(4000, seq, ACK, &payload(seq, len)))
+    }
+
+    fn udp4(len: usize, fill: u8) -> Vec<u8> {
+        let mut u = vec![0u8; 8];
+        u[0..2].copy_from_slice(&4000u16.to_be_bytes());
+        u[2..4].copy_from_slice(&5201u16.to_be_bytes());
+        u[4..6].copy_from_slice(&((8 + len) as u16).to_be_bytes());
+        u.extend(std::iter::repeat_n(fill, len));
+        ipv4(A, B, UDP, &u)
+    }
+
+    /// What each planned write puts on the device, as bytes.
+    fn written(c: &Coalescer, packets: &[&[u8]]) -> Vec<Vec<u8>> {
+        c.writes
+            .iter()
+            .map(|w| {
+                let mut out = w.head.to_vec();
+                for &(k, s, e) in &w.parts {
+                    out.extend_from_slice(&packets[usize::from(k)][usize::from(s)..usize::from(e)]);
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// Cuts a written superpacket back into packets the way the kernel segments it, with
+    /// the checksum fields and the IPv4 ID zeroed (the kernel fills them in).
+    fn segment(write: &[u8]) -> Vec<Vec<u8>> {
+        let hdr = VirtioNetHdr::decode(write).unwrap();
+        let pkt = &write[VIRTIO_NET_HDR_LEN..];
+        if hdr.gso_type == 0 {
+            return vec![normalize(pkt)];
+        }
+        assert_eq!(hdr.flags, NEEDS_CSUM);
+        let headers = usize::from(hdr.hdr_len);
+        let ip = usize::from(hdr.csum_start);
+        let v6 = pkt[0] >> 4 == 6;
+        let mut out = Vec::new();
+        for (i, chunk) in pkt[headers..].chunks(usize::from(hdr.gso_size)).enumerate() {
+            let mut p = pkt[..headers].to_vec();
+            p.extend_from_slice(chunk);
+            let len = p.len();
+            if v6 {
+                p[4..6].copy_from_slice(&((len - 40) as u16).to_be_bytes());
+            } else {
+                p[2..4].copy_from_slice(&(len as u16).to_be_bytes());
+            }
+            if hdr.gso_type == VIRTIO_NET_HDR_GSO_UDP_L4 {
+                p[ip + 4..ip + 6].copy_from_slice(&((len - ip) as u16).to_be_bytes());
+            } else {
+                let seq = u32::from_be_bytes(p[ip + 4..ip + 8].try_into().unwrap());
+                let seq = seq.wrapping_add((i * usize::from(hdr.gso_size)) as u32);
+                p[ip + 4..ip + 8].copy_from_slice(&seq.to_be_bytes());
+                if (i + 1) * usize::from(hdr.gso_size) < pkt.len() - headers {
+                    p[ip + 13] &= !PSH; // the kernel puts PSH on the last segment only
+                }
+            }
+            out.push(normalize(&p));
+        }
+        out
+    }
+
+    fn normalize(p: &[u8]) -> Vec<u8> {
+        let mut p = p.to_vec();
+        if p.len() < 40 {
+            return p;
+        }
+        let (ip, v6) = if p[0] >> 4 == 6 {
+            (40, true)
+        } else {
+            (20, false)
+        };
+        if !v6 {
+            p[4..6].fill(0);
+            p[10..12].fill(0);
+        }
+        let c = ip
+            + if p[if v6 { 6 } else { 9 }] == TCP {
+                16
+            } else {
+                6
+            };
+        if let Some(field) = p.get_mut(c..c + 2) {
+            field.fill(0);
+        }
+        p
+    }
+
+    fn plan(vnet: bool, udp: bool, packets: &[Vec<u8>]) -> (Coalescer, Vec<Vec<u8>>) {
+        let refs: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
+        let mut c = Coalescer::new(vnet, udp);
+        c.plan(&refs);
+        let out = written(&c, &refs);
+        (c, out)
+    }
+
+    /// The packets the kernel sees, in order, after segmenting every write.
+    fn delivered(writes: &[Vec<u8>]) -> Vec<Vec<u8>> {
+        writes.iter().flat_map(|w| segment(w)).collect()
+    }
+
+    #[test]
+    fn consecutive_segments_become_one_superpacket_the_kernel_cuts_back() {
+        let packets: Vec<_> = (0..4)
+            .map(|i| tcp4(4000, 1000 + i * 1000, if i == 3 { 500 } else { 1000 }, ACK))
+            .collect();
+        let (_, writes) = plan(true, true, &packets);
+        assert_eq!(writes.len(), 1);
+        let hdr = VirtioNetHdr::decode(&writes[0]).unwrap();
+        assert_eq!(
+            (
+                hdr.gso_type,
+                hdr.gso_size,
+                hdr.hdr_len,
+                hdr.csum_start,
+                hdr.csum_offset
+            ),
+            (VIRTIO_NET_HDR_GSO_TCPV4, 1000, 40, 20, 16)
+        );
+        let sp = &writes[0][VIRTIO_NET_HDR_LEN..];
+        assert_eq!(usize::from(u16::from_be_bytes([sp[2], sp[3]])), sp.len());
+        assert_eq!(fold(sum(&sp[..20])), 0xffff, "IPv4 header checksum");
+        // The TCP checksum field holds the pseudo-header sum over the whole segment.
+        let mut pseudo = sum(&sp[12..20]) + u32::from(TCP) + (sp.len() - 20) as u32;
+        pseudo = u32::from(fold(pseudo));
+        assert_eq!(u32::from(u16::from_be_bytes([sp[36], sp[37]])), pseudo);
+        let want: Vec<_> = packets.iter().map(|p| normalize(p)).collect();
+        assert_eq!(delivered(&writes), want);
+    }
+
+    #[test]
+    fn ipv6_segments_merge_with_their_own_gso_type() {
+        let packets: Vec<_> = (0..3).map(|i| tcp6(i * 1200, 1200)).collect();
+        let (_, writes) = plan(true, false, &packets);
+        assert_eq!(writes.len(), 1);
+        let hdr = VirtioNetHdr::decode(&writes[0]).unwrap();
+        assert_eq!(
+            (hdr.gso_type, hdr.csum_start),
+            (VIRTIO_NET_HDR_GSO_TCPV6, 40)
+        );
+        let want: Vec<_> = packets.iter().map(|p| normalize(p)).collect();
+        assert_eq!(delivered(&writes), want);
+    }
+
+    #[test]
+    fn interleaved_flows_merge_each_and_keep_their_own_order() {
+        let packets = vec![
+            tcp4(1, 0, 1000, ACK),
+            tcp4(2, 0, 1000, ACK),
+            tcp4(1, 1000, 1000, ACK),
+            tcp4(2, 1000, 1000, ACK),
+            tcp4(1, 2000, 10, ACK),
+        ];
+        let (_, writes) = plan(true, true, &packets);
+        assert_eq!(writes.len(), 2);
+        let got = delivered(&writes);
+        let flow = |port: u16| -> Vec<Vec<u8>> {
+            got.iter()
+                .filter(|p| p[20..22] == port.to_be_bytes())
+                .cloned()
+                .collect()
+        };
+        assert_eq!(flow(1), [0, 2, 4].map(|i| normalize(&packets[i])));
+        assert_eq!(flow(2), [1, 3].map(|i| normalize(&packets[i])));
+    }
+
+    #[test]
+    fn what_cannot_continue_a_superpacket_ends_it_and_stays_in_order() {
+        let mut options = tcp4(4000, 3000, 1000, ACK);
+        options[33] = 0x0f; // window differs
+        let cases: Vec<(&str, Vec<Vec<u8>>, usize)> = vec![
+            (
+                "a gap in the sequence",
+                vec![tcp4(4000, 0, 1000, ACK), tcp4(4000, 2000, 1000, ACK)],
+                2,
+            ),
+            (
+                "PSH ends it after the pushed segment",
+                vec![
+                    tcp4(4000, 0, 1000, ACK),
+                    tcp4(4000, 1000, 1000, ACK | PSH),
+                    tcp4(4000, 2000, 1000, ACK),
+                ],
+                2,
+            ),
+            (
+                "a shorter segment ends it",
+                vec![
+                    tcp4(4000, 0, 1000, ACK),
+                    tcp4(4000, 1000, 500, ACK),
+                    tcp4(4000, 1500, 500, ACK),
+                ],
+                2,
+            ),
+            (
+                "a longer segment",
+                vec![tcp4(4000, 0, 500, ACK), tcp4(4000, 500, 1000, ACK)],
+                2,
+            ),
+            (
+                "FIN is written alone",
+                vec![tcp4(4000, 0, 1000, ACK), tcp4(4000, 1000, 1000, ACK | 0x01)],
+                2,
+            ),
+            (
+                "SYN",
+                vec![tcp4(4000, 0, 10, 0x02), tcp4(4000, 10, 10, 0x02)],
+                2,
+            ),
+            (
+                "pure ACKs",
+                vec![tcp4(4000, 0, 0, ACK), tcp4(4000, 0, 0, ACK)],
+                2,
+            ),
+            (
+                "another window",
+                vec![tcp4(4000, 2000, 1000, ACK), options],
+                2,
+            ),
+        ];
+        for (what, packets, n) in cases {
+            let (_, writes) = plan(true, true, &packets);
+            assert_eq!(writes.len(), n, "{what}");
+            let want: Vec<_> = packets.iter().map(|p| normalize(p)).collect();
+            assert_eq!(delivered(&writes), want, "{what}");
+        }
+    }
+
+    #[test]
+    fn fragments_options_and_extension_headers_are_written_as_they_came() {
+        let mut frag = tcp4(4000, 0, 1000, ACK);
+        frag[6] = 0x20; // more fragments
+        let mut frag2 = tcp4(4000, 1000, 1000, ACK);
+        frag2[6] = 0x20;
+        let mut hop_by_hop = tcp6(0, 100);
+        hop_by_hop[6] = 0; // next header: hop-by-hop options
+        let packets = vec![frag, frag2, hop_by_hop.clone(), hop_by_hop];
+        let (_, writes) = plan(true, true, &packets);
+        assert_eq!(writes.len(), 4);
+        for (w, p) in writes.iter().zip(&packets) {
+            assert_eq!(&w[..VIRTIO_NET_HDR_LEN], &[0u8; VIRTIO_NET_HDR_LEN]);
+            assert_eq!(&w[VIRTIO_NET_HDR_LEN..], &p[..]);
+        }
+    }
+
+    #[test]
+    fn limits_of_64_segments_and_64_kib() {
+        let small: Vec<_> = (0..100).map(|i| tcp4(4000, i * 100, 100, ACK)).collect();
+        let (c, _) = plan(true, true, &small);
+        let sizes: Vec<_> = c.writes.iter().map(|w| w.parts.len()).collect();
+        assert_eq!(sizes, [64, 36]);
+        let big: Vec<_> = (0..50).map(|i| tcp4(4000, i * 1400, 1400, ACK)).collect();
+        let (c, writes) = plan(true, true, &big);
+        assert!(
+            c.writes
+                .iter()
+                .all(|w| w.parts.len() == 46 || w.parts.len() == 4)
+        );
+        assert!(
+            writes
+                .iter()
+                .all(|w| w.len() - VIRTIO_NET_HDR_LEN <= MAX_BYTES)
+        );
+        let want: Vec<_> = big.iter().map(|p| normalize(p)).collect();
+        assert_eq!(delivered(&writes), want);
+    }
+
+    #[test]
+    fn udp_merges_only_where_the_device_takes_udp_superpackets() {
+        let packets = vec![udp4(64, 1), udp4(64, 2), udp4(64, 3), udp4(20, 4)];
+        let (_, writes) = plan(true, true, &packets);
+        assert_eq!(writes.len(), 1);
+        let hdr = VirtioNetHdr::decode(&writes[0]).unwrap();
+        assert_eq!(
+            (hdr.gso_type, hdr.gso_size, hdr.csum_offset),
+            (VIRTIO_NET_HDR_GSO_UDP_L4, 64, 6)
+        );
+        let want: Vec<_> = packets.iter().map(|p| normalize(p)).collect();
+        assert_eq!(delivered(&writes), want);
+        let (_, writes) = plan(true, false, &packets);
+        assert_eq!(writes.len(), 4);
+    }
+
+    #[test]
+    fn without_the_virtio_header_every_packet_goes_as_it_is() {
+        let packets: Vec<_> = (0..4).map(|i| tcp4(4000, i * 1000, 1000, ACK)).collect();
+        let (_, writes) = plan(false, true, &packets);
+        assert_eq!(writes, packets);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_and_are_written_whole() {
+        let mut rng = lametun_core::testing::Rng::new(7);
+        for round in 0..2000 {
+            let mut packets = Vec::new();
+            for _ in 0..rng.below(20) + 1 {
+                // Mostly near-valid segments with one byte changed, some pure noise.
+                let mut p = if rng.below(4) == 0 {
+                    let mut p = vec![0u8; rng.below(120)];
+                    rng.fill(&mut p);
+                    p
+                } else {
+                    let seq = rng.below(4) as u32 * 100;
+                    tcp4(4000 + rng.below(2) as u16, seq, 100, ACK)
+                };
+                if !p.is_empty() && round % 2 == 0 {
+                    let at = rng.below(p.len());
+                    p[at] = rng.next_u64() as u8;
+                }
+                packets.push(p);
+            }
+            let (_, writes) = plan(true, true, &packets);
+            // Every packet reaches the kernel once, unchanged.
+            let mut got = delivered(&writes);
+            let mut want: Vec<_> = packets.iter().map(|p| normalize(p)).collect();
+            got.sort();
+            want.sort();
+            if got != want {
+                let i = (0..got.len())
+                    .find(|&i| got.get(i) != want.get(i))
+                    .unwrap_or(0);
+                panic!(
+                    "round {round}: {} vs {} packets; first difference at {i}:\n{:?}\n{:?}\ninput: {packets:?}",
+                    got.len(),
+                    want.len(),
+                    got.get(i),
+                    want.get(i)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn write_gathers_headers_and_payloads_into_one_write_each() {
+        let packets: Vec<_> = (0..3).map(|i| tcp4(4000, i * 1000, 1000, ACK)).collect();
+        let refs: Vec<&[u8]> = packets.iter().map(|p| &p[..]).collect();
+        let mut c = Coalescer::new(true, true);
+        assert_eq!(c.plan(&refs), 1);
+        let (mut r, w) = std::os::unix::net::UnixStream::pair().unwrap();
+        let report = c.write(&w, &refs).unwrap();
+        assert_eq!((report.writes, report.packets, report.lost), (1, 3, 0));
+        assert_eq!(report.bytes, packets.iter().map(Vec::len).sum::<usize>());
+        drop(w);
+        let mut got = Vec::new();
+        r.read_to_end(&mut got).unwrap();
+        assert_eq!(got, written(&c, &refs)[0]);
+    }
 }

@@ -22,7 +22,7 @@ use crate::netns::bench;
 const ENCRYPTED_MTU: usize = 1440;
 
 /// Writes a key file with mode 600 (lametun refuses anything more open).
-fn key_file(b: &Bench, name: &str) -> PathBuf {
+pub(crate) fn key_file(b: &Bench, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = b.dir().join(name);
     std::fs::write(&path, format!("{}\n", generate_key())).unwrap();
@@ -55,13 +55,13 @@ fn config(b: &Bench, side: Side, key: Option<&Path>) -> String {
 }
 
 /// Starts lametun as `name` on `side` with the config for `key`.
-fn start(b: &mut Bench, side: Side, name: &str, key: Option<&Path>) {
+pub(crate) fn start(b: &mut Bench, side: Side, name: &str, key: Option<&Path>) {
     let config = config(b, side, key);
     b.lametun(side, name, &["--config", &config]).unwrap();
 }
 
 /// Waits until a ping from the client crosses the tunnel.
-fn wait_up(b: &Bench, within: Duration) -> bool {
+pub(crate) fn wait_up(b: &Bench, within: Duration) -> bool {
     b.wait_for_ping(Side::Client, SERVER_TUN, within)
 }
 

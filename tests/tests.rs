@@ -13,6 +13,7 @@
 mod cli;
 mod configs;
 mod encrypted;
+mod fastpath;
 mod filter;
 mod netns;
 mod readme;

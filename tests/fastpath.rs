@@ -1,0 +1,276 @@
+//! The fast paths, checked rather than assumed: coalesced TUN writes on a real device
+//! (also from slots with no spare room), datagrams of mixed sizes (GSO grouping) across
+//! real tunnels in both modes, with and without offloads, over IPv4 and IPv6, and the
+//! start-up line that says which fast paths are on.
+
+use std::net::{SocketAddr, UdpSocket};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lametun::driver::TunWriter;
+use lametun::testnet::{self, Bench, SERVER_TUN, SERVER_TUN6, Side};
+use lametun_core::testing::packets;
+
+use crate::encrypted::{key_file, start, wait_up};
+use crate::netns::{bench, start_pair};
+
+/// Reads `counter` of `dev` from inside the current thread's namespace (`/sys` is the
+/// host's here, so ask the kernel through `ip`).
+fn rx_packets(dev: &str) -> u64 {
+    let out = Command::new("ip")
+        .args(["-s", "-j", "link", "show", dev])
+        .output()
+        .expect("ip");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "stats64":{"rx":{"bytes":N,"packets":N,...
+    let rx = text.split("\"rx\":{").nth(1).expect("rx stats");
+    let packets = rx.split("\"packets\":").nth(1).expect("rx packets");
+    packets
+        .split([',', '}'])
+        .next()
+        .and_then(|n| n.trim().parse().ok())
+        .expect("a number")
+}
+
+/// One datagram of the mixed-size streams: its index, then a pattern of its own.
+fn datagram(i: u32, size: usize) -> Vec<u8> {
+    let mut d: Vec<u8> = (0..size)
+        .map(|k| (k as u32 ^ i.wrapping_mul(31)) as u8)
+        .collect();
+    d[..4].copy_from_slice(&i.to_be_bytes());
+    d
+}
+
+/// Sizes that make every shape of GSO run: full-size trains, a short tail, single small
+/// ones between big ones, runs of equal small ones.
+fn mixed_sizes(max: usize) -> impl Iterator<Item = usize> {
+    [
+        max,
+        max,
+        max,
+        max - 1,
+        64,
+        64,
+        64,
+        4,
+        max,
+        500,
+        500,
+        1000,
+        max,
+        4,
+        max,
+        max,
+    ]
+    .into_iter()
+    .cycle()
+}
+
+/// Sends `count` datagrams of mixed sizes (up to `max`) in bursts from the client to
+/// `to` across the tunnel, and checks that every one arrived once and intact.
+fn mixed_sizes_arrive_intact(b: &Bench, to: SocketAddr, max: usize, count: u32) {
+    let sizes: Vec<usize> = mixed_sizes(max).take(count as usize).collect();
+    let expected = sizes.clone();
+    let receiver = {
+        let ns = b.ns(Side::Server);
+        std::thread::spawn(move || -> Vec<Option<Vec<u8>>> {
+            testnet::enter_netns(&ns).unwrap();
+            let sock =
+                socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::DGRAM, None)
+                    .unwrap();
+            sock.set_recv_buffer_size(8 << 20).unwrap();
+            sock.bind(&to.into()).unwrap();
+            let sock: UdpSocket = sock.into();
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut got: Vec<Option<Vec<u8>>> = vec![None; expected.len()];
+            let mut buf = vec![0u8; 65_536];
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let mut quiet = 0;
+            while Instant::now() < deadline && got.iter().any(Option::is_none) && quiet < 15 {
+                match sock.recv(&mut buf) {
+                    Ok(n) if n >= 4 => {
+                        quiet = 0;
+                        let i = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+                        assert!(got[i].is_none(), "datagram {i} arrived twice");
+                        got[i] = Some(buf[..n].to_vec());
+                    }
+                    Ok(_) => panic!("a runt datagram arrived"),
+                    Err(_) => quiet += 1,
+                }
+            }
+            got
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    b.in_netns(Side::Client, move || {
+        let bind: SocketAddr = if to.is_ipv6() {
+            "[::]:0".parse().unwrap()
+        } else {
+            "0.0.0.0:0".parse().unwrap()
+        };
+        let sock = UdpSocket::bind(bind).unwrap();
+        for (burst, chunk) in sizes.chunks(48).enumerate() {
+            for (k, &size) in chunk.iter().enumerate() {
+                let i = (burst * 48 + k) as u32;
+                sock.send_to(&datagram(i, size), to).unwrap();
+            }
+            // Paced bursts: each one reaches the tunnel as a batch, without overrunning
+            // the receiver.
+            std::thread::sleep(Duration::from_millis(3));
+        }
+    })
+    .unwrap();
+    let got = receiver.join().expect("receiver");
+    let mut missing = Vec::new();
+    for (i, (d, &size)) in got
+        .iter()
+        .zip(&mixed_sizes(max).take(count as usize).collect::<Vec<_>>())
+        .enumerate()
+    {
+        match d {
+            None => missing.push(i),
+            Some(d) => assert_eq!(
+                d,
+                &datagram(i as u32, size),
+                "datagram {i} ({size} bytes) changed"
+            ),
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {count} datagrams did not arrive: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(20)]
+    );
+}
+
+/// The largest UDP payload that fits the TUN MTU in one packet.
+fn max_payload(b: &Bench, v6: bool) -> usize {
+    let out = b
+        .exec(Side::Client, &["cat", "/sys/class/net/tun0/mtu"])
+        .unwrap();
+    let mtu: usize = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    mtu - if v6 { 48 } else { 28 }
+}
+
+#[test]
+fn mixed_sizes_cross_the_plain_tunnel_intact_with_offloads_on() {
+    let Some(mut b) = bench("mix") else { return };
+    start_pair(&mut b, &[], &[]);
+    let log = b.log("client");
+    assert!(
+        log.contains("tun_offload=true") && log.contains("udp_gso=true"),
+        "the fast paths should be on here: {log}"
+    );
+    let max = max_payload(&b, false);
+    mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6001), max, 2000);
+    let max = max_payload(&b, true);
+    mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN6, 6002), max, 1000);
+}
+
+#[test]
+fn mixed_sizes_cross_the_plain_tunnel_intact_with_offloads_off() {
+    let Some(mut b) = bench("mixoff") else { return };
+    start_pair(&mut b, &["--no-offload"], &["--no-offload"]);
+    let max = max_payload(&b, false);
+    mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6003), max, 1000);
+}
+
+#[test]
+fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
+    let Some(mut b) = bench("mixenc") else { return };
+    let key = key_file(&b, "psk");
+    start(&mut b, Side::Server, "server", Some(&key));
+    start(&mut b, Side::Client, "client", Some(&key));
+    assert!(
+        wait_up(&b, Duration::from_secs(10)),
+        "the encrypted tunnel did not come up"
+    );
+    let max = max_payload(&b, false);
+    mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6004), max, 2000);
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN, 6005),
+            Side::Client,
+            50 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(
+        t.intact(),
+        "SHA-256 of what was sent and what arrived differ"
+    );
+}
+
+/// UDP datagrams of one flow written to a real TUN device through [`TunWriter`]: all
+/// arrive, in order, intact; with USO on they are written as superpackets, also when the
+/// slots have no spare room (the headers come from the writer, the payloads from the
+/// slots).
+#[test]
+fn coalesced_tun_writes_reach_a_socket_intact_even_from_slots_without_spare_room() {
+    let Some(b) = bench("gro") else { return };
+    let result = b.in_netns(Side::Server, || {
+        let tun = lametun::device::open("ltgro0", 1, true).expect("open TUN");
+        let ip = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().unwrap();
+            assert!(st.success(), "ip {args:?}");
+        };
+        ip(&["addr", "add", "10.77.0.1/24", "dev", "ltgro0"]);
+        ip(&["link", "set", "ltgro0", "up"]);
+        let sock = UdpSocket::bind("10.77.0.1:7000").unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let queue = Arc::clone(&tun.queues[0]);
+        let mut report = Vec::new();
+        for (round, spare_room) in [(0u8, true), (1, false)] {
+            // 40 datagrams of 1000 bytes and a short last one, as a GRO train.
+            let payloads: Vec<Vec<u8>> = (0..41u8)
+                .map(|i| vec![round * 100 + i; if i == 40 { 300 } else { 1000 }])
+                .collect();
+            let pkts: Vec<Vec<u8>> = payloads
+                .iter()
+                .map(|p| packets::udp_v4([10, 77, 0, 2], [10, 77, 0, 1], 9000, 7000, p))
+                .collect();
+            let room = 1500;
+            let mut out = if spare_room {
+                TunWriter::new(&queue, room)
+            } else {
+                TunWriter::with_slot_capacity(&queue, room, 0)
+            };
+            for p in &pkts {
+                out.push(p, |_| true);
+            }
+            let before = rx_packets("ltgro0");
+            let r = out.flush(&queue).expect("write");
+            let writes = rx_packets("ltgro0") - before;
+            assert_eq!((r.packets, r.lost), (41, 0));
+            let mut buf = [0u8; 2000];
+            for (i, want) in payloads.iter().enumerate() {
+                let n = sock
+                    .recv(&mut buf)
+                    .unwrap_or_else(|e| panic!("datagram {i}: {e}"));
+                assert_eq!(&buf[..n], &want[..], "datagram {i} of round {round}");
+            }
+            report.push((writes, r.writes, tun.udp_offload));
+        }
+        report
+    });
+    let report = result.expect("namespace thread");
+    for (writes, planned, uso) in report {
+        eprintln!("41 datagrams: {writes} writes (USO {uso})");
+        assert_eq!(
+            writes, planned as u64,
+            "the device counts one packet per write"
+        );
+        if uso {
+            assert!(
+                writes <= 2,
+                "41 datagrams of one flow should be one or two writes, were {writes}"
+            );
+        } else {
+            assert_eq!(writes, 41);
+        }
+    }
+}
