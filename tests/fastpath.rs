@@ -156,18 +156,33 @@ fn max_payload(b: &Bench, v6: bool) -> usize {
 }
 
 #[test]
-fn mixed_sizes_cross_the_plain_tunnel_intact_with_offloads_on() {
+fn mixed_sizes_and_a_tcp_transfer_cross_a_two_queue_plain_tunnel_with_offloads_on() {
     let Some(mut b) = bench("mix") else { return };
-    start_pair(&mut b, &[], &[]);
+    // Two TUN queues at each end (the default on a 2-CPU machine is one).
+    start_pair(&mut b, &["--workers", "2"], &["--workers", "2"]);
     let log = b.log("client");
     assert!(
         log.contains("tun_offload=true") && log.contains("udp_gso=true"),
         "the fast paths should be on here: {log}"
     );
+    assert!(log.contains("queues=2"), "{log}");
     let max = max_payload(&b, false);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6001), max, 2000);
     let max = max_payload(&b, true);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN6, 6002), max, 1000);
+    let t = b
+        .tcp_transfer(
+            Side::Server,
+            testnet::addr(SERVER_TUN, 6006),
+            Side::Client,
+            50 << 20,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    assert!(
+        t.intact(),
+        "SHA-256 of what was sent and what arrived differ"
+    );
 }
 
 #[test]

@@ -154,7 +154,8 @@ impl PeerConfig {
 /// `workers: auto` or a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
-    /// One per CPU, at most [`Workers::AUTO_MAX`].
+    /// One per two CPUs (the inbound thread takes a CPU too), at least one, at most
+    /// [`Workers::AUTO_MAX`].
     Auto,
     /// Exactly this many (TUN queues, each with a thread).
     Count(u16),
@@ -165,9 +166,15 @@ impl Workers {
     pub const AUTO_MAX: usize = 4;
 
     /// How many workers for a machine with `cpus` CPUs.
+    ///
+    /// Each worker is a TUN queue with its outbound thread; one more thread carries the
+    /// inbound direction. On 2 CPUs one worker beat two in every case measured (a TCP
+    /// stream and four streams, plaintext and encrypted: 10-15% more throughput, 7-15%
+    /// less CPU per byte), because the second thread only added wakeups on cores that
+    /// the inbound thread and the applications already keep busy.
     pub fn resolve(self, cpus: usize) -> usize {
         match self {
-            Self::Auto => cpus.clamp(1, Self::AUTO_MAX),
+            Self::Auto => (cpus / 2).clamp(1, Self::AUTO_MAX),
             Self::Count(n) => usize::from(n),
         }
     }
@@ -869,6 +876,15 @@ pipeline:
         assert_eq!(c.io.workers, Workers::Count(2));
         assert!(!c.io.offload);
         assert_eq!(c.pipeline[0].type_name, "passthrough");
+    }
+
+    #[test]
+    fn auto_workers_leave_a_cpu_for_the_inbound_thread() {
+        let auto: Vec<usize> = [1, 2, 3, 4, 8, 64]
+            .map(|n| Workers::Auto.resolve(n))
+            .to_vec();
+        assert_eq!(auto, [1, 1, 1, 2, 4, 4]);
+        assert_eq!(Workers::Count(3).resolve(2), 3);
     }
 
     #[test]
