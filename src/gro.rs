@@ -180,10 +180,12 @@ impl Coalescer {
                 bytes: p.len(),
                 next_seq: seq(p, parsed).wrapping_add((p.len() - parsed.headers) as u32),
             });
+            // A pushed segment ends its superpacket, also as the first one.
+            let pushed = parsed.is_some_and(|x| x.proto == TCP && p[x.ip + 13] & PSH != 0);
             self.writes.push(Write {
                 head,
                 parts,
-                open: flow.is_some(),
+                open: flow.is_some() && !pushed,
                 flow,
             });
         }
@@ -645,6 +647,11 @@ mod tests {
             (
                 "a longer segment",
                 vec![tcp4(4000, 0, 500, ACK), tcp4(4000, 500, 1000, ACK)],
+                2,
+            ),
+            (
+                "PSH on the first segment",
+                vec![tcp4(4000, 0, 1000, ACK | PSH), tcp4(4000, 1000, 1000, ACK)],
                 2,
             ),
             (
