@@ -9,6 +9,7 @@
 # the raw veth, the Go lametun and boringtun; see its README) with two extra kinds:
 #   lametun-rs      plaintext, the Go lametun's flags and wire format (packet-info header, MTU 1468)
 #   lametun-rs-enc  the chacha20poly1305 stage from a config file (MTU 1440)
+#   lametun-rs-aes  the same stage with `cipher: aes-256-gcm` (MTU 1440)
 # and writes bench/results.md: the medians of every kind, and our figures as ratios against
 # the anchors measured in the same run (the machine is noisy; absolute numbers drift).
 # Everything runs in the harness's two namespaces; it deletes them when it ends.
@@ -42,16 +43,18 @@ cp "$BIN" "$WORK/lametun"   # a rebuild during the run does not change what is m
 BIN=$WORK/lametun
 
 # The encrypted kind's config: written per end by --cmd-setup into the harness's run dir.
-ENC_SETUP='umask 077; '"$BIN"' genkey psk >/dev/null
+enc_setup() {  # $1: extra keys of the stage
+  echo 'umask 077; '"$BIN"' genkey psk >/dev/null
 for role in server client; do
   if [ $role = server ]; then peer="listen: true"; else peer="server: $UL_S"; fi
   cat > $role.yaml <<YAML
 device: { name: tun0, mtu: auto, packet_info: false }   # -device overrides the name
 peer: { $peer, port: $PORT }
 pipeline:
-  - { type: chacha20poly1305, key_file: $RUNDIR/psk }
+  - { type: chacha20poly1305, key_file: $RUNDIR/psk'"$1"' }
 YAML
 done'
+}
 # Each end configures its own device (address and MTU): --no-ifconfig.
 PLAIN_S='exec '"$BIN"' -listen -device $DEV -port $PORT --address $LOCAL_TUN/$TUN_PREFIX'
 PLAIN_C='exec '"$BIN"' -server $PEER_UL -device $DEV -port $PORT --address $LOCAL_TUN/$TUN_PREFIX'
@@ -65,7 +68,9 @@ for mode in $MODES; do
   RUST_LOG=warn "$HARNESS" "${flag[@]}" --reps "$REPS" --kinds veth,lametun-go,boringtun --out "$md" "${EXTRA[@]}" \
     --custom lametun-rs --mtu 1468 --no-ifconfig \
       --cmd-server "$PLAIN_S" --cmd-client "$PLAIN_C" --version-cmd "$BIN --version" \
-    --custom lametun-rs-enc --mtu 1440 --no-ifconfig --cmd-setup "$ENC_SETUP" \
+    --custom lametun-rs-enc --mtu 1440 --no-ifconfig --cmd-setup "$(enc_setup '')" \
+      --cmd-server "$ENC_S" --cmd-client "$ENC_C" --version-cmd "$BIN --version" \
+    --custom lametun-rs-aes --mtu 1440 --no-ifconfig --cmd-setup "$(enc_setup ', cipher: aes-256-gcm')" \
       --cmd-server "$ENC_S" --cmd-client "$ENC_C" --version-cmd "$BIN --version"
   reports+=("$mode=$md")
 done
