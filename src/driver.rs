@@ -42,8 +42,9 @@ use crate::batch::{Datagram, GsoLimits, Run, plan_runs};
 use crate::device::GSO_MAX_SEGS;
 use crate::gro::{Coalescer, WriteReport};
 
-/// Packets per outbound batch (slots of one MTU each).
+/// Packets per batch (slots of one MTU each), in both directions.
 pub const BATCH: usize = 128;
+const _: () = assert!(BATCH <= crate::gro::MAX_PACKETS);
 /// Receive buffers per `recvmmsg`.
 const RX_BUFFERS: usize = 16;
 /// Size of one receive buffer: a UDP GRO segment train can be up to 64 KiB.
@@ -306,7 +307,7 @@ async fn send_transmit(
 /// Each packet stays where the chain left it in its slot: the coalescer writes the
 /// headers from its own buffer and the payloads from the slots, so a slot needs no
 /// spare room for a superpacket (a test writes from slots sized exactly to the
-/// packet).
+/// packets).
 pub struct TunWriter {
     slots: Vec<Vec<u8>>,
     /// `(start, end)` of the packet in each filled slot.
@@ -320,13 +321,8 @@ impl TunWriter {
     /// A writer for `queue` with [`BATCH`] slots of `room` bytes, the most a datagram
     /// and the packet it becomes may take (a longer datagram grows its slot).
     pub fn new(queue: &SyncDevice, room: usize) -> Self {
-        Self::with_slot_capacity(queue, room, room)
-    }
-
-    /// Like [`new`](Self::new), with slots allocated at `capacity` bytes.
-    pub fn with_slot_capacity(queue: &SyncDevice, room: usize, capacity: usize) -> Self {
         Self {
-            slots: (0..BATCH).map(|_| Vec::with_capacity(capacity)).collect(),
+            slots: (0..BATCH).map(|_| Vec::with_capacity(room)).collect(),
             spans: ArrayVec::new(),
             room,
             gro: Coalescer::new(queue.tcp_gso(), queue.udp_gso()),

@@ -35,10 +35,10 @@ use tun_rs::{
 /// `csum_start` and is stored at `csum_offset` from there.
 const NEEDS_CSUM: u8 = 1;
 
-/// Most packets in one batch.
-pub const MAX_PACKETS: usize = 128;
+/// Most packets in one batch (a packet's index is stored in a `u8`).
+pub const MAX_PACKETS: usize = 255;
 /// Most segments in one superpacket (the device's `gso_max_segs`).
-pub const MAX_SEGMENTS: usize = 64;
+pub const MAX_SEGMENTS: usize = crate::device::GSO_MAX_SEGS as usize;
 /// Most bytes in one superpacket (an IP length field).
 const MAX_BYTES: usize = 65_535;
 /// Largest IPv6 + TCP header with options: room for the rewritten headers.
@@ -105,6 +105,11 @@ impl Parsed {
             headers,
         })
     }
+
+    /// A TCP segment with `PSH`: it ends its superpacket.
+    fn pushed(self, p: &[u8]) -> bool {
+        self.proto == TCP && p[self.ip + 13] & PSH != 0
+    }
 }
 
 /// One write to the TUN: the (rewritten) headers, then byte ranges of packets.
@@ -148,7 +153,8 @@ impl Coalescer {
         Self {
             vnet,
             udp: vnet && udp,
-            writes: Vec::with_capacity(MAX_PACKETS),
+            // Grows to the largest batch in the first few batches, then is reused.
+            writes: Vec::new(),
         }
     }
 
@@ -181,7 +187,7 @@ impl Coalescer {
                 next_seq: seq(p, parsed).wrapping_add((p.len() - parsed.headers) as u32),
             });
             // A pushed segment ends its superpacket, also as the first one.
-            let pushed = parsed.is_some_and(|x| x.proto == TCP && p[x.ip + 13] & PSH != 0);
+            let pushed = parsed.is_some_and(|x| x.pushed(p));
             self.writes.push(Write {
                 head,
                 parts,
@@ -227,8 +233,7 @@ impl Coalescer {
             }
             w.parts
                 .push((i as u8, parsed.headers as u16, p.len() as u16));
-            let push = parsed.proto == TCP && p[parsed.ip + 13] & PSH != 0;
-            w.open = payload == flow.segment && !push;
+            w.open = payload == flow.segment && !parsed.pushed(p);
             w.flow = Some(Flow {
                 bytes: flow.bytes + payload,
                 next_seq: flow.next_seq.wrapping_add(payload as u32),
@@ -376,7 +381,7 @@ fn finish(w: &mut Write, packets: &[&[u8]]) {
     } else {
         h[2..4].copy_from_slice(&(total as u16).to_be_bytes());
         h[10..12].copy_from_slice(&[0, 0]);
-        let c = !fold(sum(&h[..20]));
+        let c = !tun_rs::checksum(&h[..20], 0);
         h[10..12].copy_from_slice(&c.to_be_bytes());
     }
     if p.proto == TCP {
@@ -389,28 +394,15 @@ fn finish(w: &mut Write, packets: &[&[u8]]) {
     // The transport checksum field holds the pseudo-header sum; the kernel completes
     // it (NEEDS_CSUM) for every segment it makes.
     let addrs = if p.v6 { &h[8..40] } else { &h[12..20] };
-    let pseudo = fold(sum(addrs) + u32::from(p.proto) + l4_len as u32);
+    let pseudo = tun_rs::checksum(addrs, u64::from(p.proto) + l4_len as u64);
     let c = p.ip + usize::from(csum_offset);
     h[c..c + 2].copy_from_slice(&pseudo.to_be_bytes());
-}
-
-fn sum(data: &[u8]) -> u32 {
-    data.chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum()
-}
-
-fn fold(mut s: u32) -> u16 {
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    s as u16
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lametun_core::testing::packets::{ipv4, ipv6};
+    use lametun_core::testing::packets::{checksum, ipv4, ipv6};
     use std::io::Read;
 
     const A: [u8; 4] = [172, 31, 255, 7];
@@ -571,11 +563,12 @@ mod tests {
         );
         let sp = &writes[0][VIRTIO_NET_HDR_LEN..];
         assert_eq!(usize::from(u16::from_be_bytes([sp[2], sp[3]])), sp.len());
-        assert_eq!(fold(sum(&sp[..20])), 0xffff, "IPv4 header checksum");
+        assert_eq!(checksum(&sp[..20]), 0, "IPv4 header checksum");
         // The TCP checksum field holds the pseudo-header sum over the whole segment.
-        let mut pseudo = sum(&sp[12..20]) + u32::from(TCP) + (sp.len() - 20) as u32;
-        pseudo = u32::from(fold(pseudo));
-        assert_eq!(u32::from(u16::from_be_bytes([sp[36], sp[37]])), pseudo);
+        let mut pseudo = sp[12..20].to_vec();
+        pseudo.extend([0, TCP]);
+        pseudo.extend(((sp.len() - 20) as u16).to_be_bytes());
+        assert_eq!(u16::from_be_bytes([sp[36], sp[37]]), !checksum(&pseudo));
         let want: Vec<_> = packets.iter().map(|p| normalize(p)).collect();
         assert_eq!(delivered(&writes), want);
     }
