@@ -25,13 +25,14 @@
 use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
 use arrayvec::ArrayVec;
 use lametun_core::ratelimit::{LogLimiter, LogPermit};
 use lametun_core::{Forwarder, Outcome, PacketBuf};
+use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
@@ -40,7 +41,7 @@ use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::batch::{Datagram, GsoLimits, Run, plan_runs};
 use crate::device::GSO_MAX_SEGS;
-use crate::gro::{Coalescer, WriteReport};
+use crate::gro::{Coalescer, WriteReport, answered_at_once};
 
 /// Packets per batch (slots of one MTU each), in both directions.
 pub const BATCH: usize = 128;
@@ -125,73 +126,98 @@ where
 
 // ===== outbound: TUN -> peer =====
 
-/// Reads packets from one TUN queue and sends them to the peer until cancelled.
-pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> io::Result<()> {
-    let tun = register(queue, Interest::READABLE)?;
-    let sock = register(s.udp.clone(), Interest::WRITABLE)?;
-    let head = s.fwd.headroom();
-    // One slot per packet. A full-size datagram fills its slot exactly, so the datagrams
-    // of a superpacket lie back to back and go out in one GSO send without a copy.
-    let stride = head + s.mtu + s.fwd.tailroom();
-    let mut slab = vec![0u8; stride * BATCH];
-    let mut sizes = [0usize; BATCH];
-    let mut scratch = vec![0u8; if offload { SUPERPACKET_LEN } else { 0 }];
-    let mut gso_buf = vec![0u8; GsoLimits::MAX_BYTES];
-    let mut datagrams: Vec<Datagram> = Vec::with_capacity(BATCH);
-    let mut runs: Vec<Run> = Vec::with_capacity(BATCH);
-    // A read may split into this many packets; only read when that many slots are free.
-    let reserve = if offload { GSO_MAX_SEGS as usize } else { 1 };
+/// A batch on its way from a TUN queue to the peer: slots that reads fill, the chain,
+/// and the UDP (GSO) sends. It does no waiting of its own, so both kinds of thread use
+/// it: an outbound thread whenever its queue is readable, and the inbound thread right
+/// after it wrote packets the local kernel answers at once (see [`inbound`]).
+struct Outgoing {
+    /// Room before each packet for the chain's headers.
+    head: usize,
+    /// Size of one slot.
+    stride: usize,
+    /// One slot per packet. A full-size datagram fills its slot exactly, so the
+    /// datagrams of a superpacket lie back to back and go out in one GSO send without
+    /// a copy.
+    slab: Vec<u8>,
+    sizes: [usize; BATCH],
+    /// A read with offloads on lands here whole, then `tun-rs` splits it into slots.
+    scratch: Vec<u8>,
+    /// Where the datagrams of a GSO run that are not back to back are gathered.
+    gso_buf: Vec<u8>,
+    datagrams: Vec<Datagram>,
+    runs: Vec<Run>,
+    /// A read may split into this many packets; only read when that many slots are free.
+    reserve: usize,
+}
 
-    loop {
-        let mut guard = tokio::select! {
-            biased;
-            () = s.cancel.cancelled() => return Ok(()),
-            g = tun.readable() => g?,
-        };
-        // Read until the queue is empty or the slots are full.
+impl Outgoing {
+    fn new(s: &Shared, offload: bool) -> Self {
+        let head = s.fwd.headroom();
+        let stride = head + s.mtu + s.fwd.tailroom();
+        Self {
+            head,
+            stride,
+            slab: vec![0u8; stride * BATCH],
+            sizes: [0; BATCH],
+            scratch: vec![0u8; if offload { SUPERPACKET_LEN } else { 0 }],
+            gso_buf: vec![0u8; GsoLimits::MAX_BYTES],
+            datagrams: Vec::with_capacity(BATCH),
+            runs: Vec::with_capacity(BATCH),
+            reserve: if offload { GSO_MAX_SEGS as usize } else { 1 },
+        }
+    }
+
+    /// Reads at most `reads` times from `queue`, stopping early when the slots are full
+    /// or the queue is empty. Returns the number of packets read and whether the queue
+    /// was found empty.
+    fn read(&mut self, queue: &SyncDevice, reads: usize, s: &Shared) -> io::Result<(usize, bool)> {
         let mut n = 0;
-        while BATCH - n >= reserve {
-            let mut views: ArrayVec<&mut [u8], BATCH> =
-                slab[n * stride..].chunks_mut(stride).collect();
+        let mut calls = 0;
+        while calls < reads && BATCH - n >= self.reserve {
+            calls += 1;
+            let mut views: ArrayVec<&mut [u8], BATCH> = self.slab[n * self.stride..]
+                .chunks_mut(self.stride)
+                .collect();
             let want = views.len();
-            let sizes = &mut sizes[n..n + want];
-            match guard.try_io(|fd| {
-                fd.get_ref()
-                    .recv_multiple(&mut scratch, &mut views, sizes, head)
-            }) {
-                Ok(Ok(k)) => n += k,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) if is_fatal(&e) => return Err(e),
-                Ok(Err(e)) => {
+            let sizes = &mut self.sizes[n..n + want];
+            match queue.recv_multiple(&mut self.scratch, &mut views, sizes, self.head) {
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((n, true)),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if is_fatal(&e) => return Err(e),
+                Err(e) => {
                     // A superpacket tun-rs could not split (malformed offload metadata):
                     // that read is lost; the device is fine.
                     s.fwd.counters().tun_read_errors.inc();
                     s.log_error("TUN read failed", &e);
                 }
-                Err(_would_block) => break,
             }
         }
-        drop(guard);
-        if n == 0 {
-            continue;
-        }
+        Ok((n, false))
+    }
 
+    /// Runs the first `n` packets through the chain and sends the datagrams they
+    /// become, in as few GSO sends as their sizes and destinations allow.
+    fn send(&mut self, n: usize, s: &Shared) -> io::Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
         let now = Instant::now();
         let peer = s.fwd.peer();
-        datagrams.clear();
-        for (i, &size) in sizes[..n].iter().enumerate() {
-            let base = i * stride;
-            let mut pkt = PacketBuf::new(&mut slab[base..base + stride], head, size);
+        self.datagrams.clear();
+        for (i, &size) in self.sizes[..n].iter().enumerate() {
+            let base = i * self.stride;
+            let mut pkt = PacketBuf::new(&mut self.slab[base..base + self.stride], self.head, size);
             if let Outcome::Send(to) = s.fwd.handle_tun(&mut pkt, peer.as_ref(), now) {
-                datagrams.push(Datagram {
+                self.datagrams.push(Datagram {
                     start: base + pkt.start(),
                     len: pkt.len(),
                     to,
                 });
             }
         }
-        if datagrams.is_empty() {
-            continue;
+        if self.datagrams.is_empty() {
+            return Ok(());
         }
         let limits = GsoLimits {
             max_segments: if s.gso {
@@ -201,34 +227,50 @@ pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> 
             },
             max_bytes: GsoLimits::MAX_BYTES,
         };
-        plan_runs(&datagrams, limits, &mut runs);
-        for run in &runs {
-            let first = datagrams[run.first];
+        plan_runs(&self.datagrams, limits, &mut self.runs);
+        for run in &self.runs {
+            let first = self.datagrams[run.first];
             let contents: &[u8] = if run.contiguous {
-                &slab[first.start..first.start + run.bytes]
+                &self.slab[first.start..first.start + run.bytes]
             } else {
                 let mut at = 0;
-                for d in &datagrams[run.first..run.first + run.count] {
-                    gso_buf[at..at + d.len].copy_from_slice(&slab[d.start..d.start + d.len]);
+                for d in &self.datagrams[run.first..run.first + run.count] {
+                    self.gso_buf[at..at + d.len]
+                        .copy_from_slice(&self.slab[d.start..d.start + d.len]);
                     at += d.len;
                 }
-                &gso_buf[..at]
+                &self.gso_buf[..at]
             };
-            send_run(&sock, &s, first.to, contents, run).await?;
+            send_run(s, first.to, contents, run)?;
         }
         s.fwd.note_sent(now);
+        Ok(())
+    }
+}
+
+/// Reads packets from one TUN queue and sends them to the peer until cancelled.
+pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> io::Result<()> {
+    let tun = register(queue, Interest::READABLE)?;
+    let mut out = Outgoing::new(&s, offload);
+    loop {
+        let mut guard = tokio::select! {
+            biased;
+            () = s.cancel.cancelled() => return Ok(()),
+            g = tun.readable() => g?,
+        };
+        // Read until the queue is empty or the slots are full.
+        let (n, empty) = out.read(guard.get_inner(), usize::MAX, &s)?;
+        if empty {
+            guard.clear_ready();
+        }
+        drop(guard);
+        out.send(n, &s)?;
     }
 }
 
 /// Sends one run (one datagram, or several with GSO), waiting while the socket buffer
 /// is full. Errors other than a dead socket drop the run and are counted.
-async fn send_run(
-    sock: &AsyncFd<Arc<UdpSocket>>,
-    s: &Shared,
-    to: lametun_core::Endpoint,
-    contents: &[u8],
-    run: &Run,
-) -> io::Result<()> {
+fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) -> io::Result<()> {
     let transmit = Transmit {
         destination: to.addr,
         ecn: None,
@@ -236,7 +278,7 @@ async fn send_run(
         segment_size: (run.count > 1).then_some(run.segment),
         src_ip: to.local_ip,
     };
-    match send_transmit(sock, s, &transmit).await {
+    match send_transmit(s, &transmit) {
         Ok(()) => {
             let c = s.fwd.counters();
             c.udp_tx_datagrams.add(run.count as u64);
@@ -254,7 +296,7 @@ async fn send_run(
                     segment_size: None,
                     ..transmit
                 };
-                if let Err(e) = send_transmit(sock, s, &single).await {
+                if let Err(e) = send_transmit(s, &single) {
                     s.fwd.counters().udp_send_errors.inc();
                     s.log_error("UDP send failed", &e);
                 } else {
@@ -279,21 +321,31 @@ async fn send_run(
     }
 }
 
-async fn send_transmit(
-    sock: &AsyncFd<Arc<UdpSocket>>,
-    s: &Shared,
-    t: &Transmit<'_>,
-) -> io::Result<()> {
+/// How long a send waits for room in the socket buffer before looking whether the
+/// tunnel is stopping.
+const SEND_WAIT_MS: u8 = 100;
+
+/// Sends one transmit, waiting with `poll(2)` while the socket buffer is full.
+///
+/// The wait is in the kernel, not in the thread's reactor: a socket registered for
+/// writability there gets an event for every datagram the kernel frees, and a thread
+/// that only sends (the inbound thread's answers) would be woken by the other threads'
+/// sends. A full socket buffer is the only case that waits.
+fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<()> {
     loop {
-        let mut guard = tokio::select! {
-            biased;
-            () = s.cancel.cancelled() => return Ok(()),
-            g = sock.writable() => g?,
-        };
-        match guard.try_io(|fd| s.udp_state.try_send(UdpSockRef::from(&**fd.get_ref()), t)) {
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(result) => return result,
-            Err(_would_block) => continue,
+        match s.udp_state.try_send(UdpSockRef::from(&*s.udp), t) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if s.cancel.is_cancelled() {
+                    return Ok(());
+                }
+                let mut fds = [PollFd::new(s.udp.as_fd(), PollFlags::POLLOUT)];
+                match poll(&mut fds, PollTimeout::from(SEND_WAIT_MS)) {
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            result => return result,
         }
     }
 }
@@ -315,6 +367,9 @@ pub struct TunWriter {
     /// Room a packet may take: inbound stages may grow it up to the MTU (decompression).
     room: usize,
     gro: Coalescer,
+    /// Whether a packet pushed since the last [`take_answered`](Self::take_answered)
+    /// is one the local kernel answers inside the write.
+    answered: bool,
 }
 
 impl TunWriter {
@@ -326,6 +381,7 @@ impl TunWriter {
             spans: ArrayVec::new(),
             room,
             gro: Coalescer::new(queue.tcp_gso(), queue.udp_gso()),
+            answered: false,
         }
     }
 
@@ -344,10 +400,18 @@ impl TunWriter {
         slot.resize(self.room.max(datagram.len()), 0);
         let mut pkt = PacketBuf::new(&mut slot[..], 0, datagram.len());
         if handle(&mut pkt) {
+            self.answered |= answered_at_once(pkt.as_slice());
             let span = (pkt.start(), pkt.end());
             self.spans.push(span);
         }
         self.spans.is_full()
+    }
+
+    /// Whether a packet pushed since the last call is one the local kernel answers
+    /// inside the write that delivers it (an echo request, TCP data): see
+    /// [`answered_at_once`].
+    pub fn take_answered(&mut self) -> bool {
+        std::mem::take(&mut self.answered)
     }
 
     /// Packets waiting for [`flush`](Self::flush).
@@ -377,10 +441,28 @@ impl TunWriter {
     }
 }
 
+/// The inbound thread answers in place only after batches of at most this many packets.
+///
+/// A busy tunnel's outbound thread is awake anyway (the kernel wakes it when the answer
+/// arrives in its queue, whoever reads it), and reading the answers of bulk data in the
+/// inbound thread cost 7% of plaintext throughput here: what it saves is the latency of
+/// a light tunnel (ping, interactive sessions, requests).
+pub const ANSWER_BATCH: usize = 2;
+
 /// Receives datagrams and writes the packets they carry to the TUN device until cancelled.
-pub async fn inbound(queue: Arc<SyncDevice>, s: Arc<Shared>) -> io::Result<()> {
+///
+/// When a batch held packets the local kernel answers inside the write (an echo
+/// request, TCP data: see [`answered_at_once`]), the answer is in the TUN queue when
+/// the write returns, and this thread reads it (one read) and sends it itself, as
+/// boringtun's shared event loop does. The outbound thread would have to be woken and
+/// scheduled first: on an idle tunnel that is a third of a ping's round trip. Only
+/// small batches are answered so (see [`ANSWER_BATCH`]), and never pure ACKs, whose
+/// answer is the data they release on the sending side of a TCP transfer: that is the
+/// outbound thread's work.
+pub async fn inbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> io::Result<()> {
     let sock = register(s.udp.clone(), Interest::READABLE)?;
     let mut out = TunWriter::new(&queue, s.fwd.headroom() + s.mtu + s.fwd.tailroom());
+    let mut answers = Outgoing::new(&s, offload);
     let mut rx: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [RecvMeta::default(); RX_BUFFERS];
 
@@ -411,6 +493,7 @@ pub async fn inbound(queue: Arc<SyncDevice>, s: Arc<Shared>) -> io::Result<()> {
         drop(iovs);
 
         let now = Instant::now();
+        let mut written = 0;
         for (buf, meta) in rx.iter().zip(&metas[..got]) {
             let stride = meta.stride.max(1);
             let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
@@ -419,18 +502,24 @@ pub async fn inbound(queue: Arc<SyncDevice>, s: Arc<Shared>) -> io::Result<()> {
                     s.fwd.handle_udp(pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
                 });
                 if full {
-                    write_tun(&queue, &mut out, &s)?;
+                    written += write_tun(&queue, &mut out, &s)?;
                 }
             }
         }
         if !out.is_empty() {
-            write_tun(&queue, &mut out, &s)?;
+            written += write_tun(&queue, &mut out, &s)?;
+        }
+        let answered = out.take_answered();
+        if answered && written <= ANSWER_BATCH {
+            let (n, _) = answers.read(&queue, 1, &s)?;
+            answers.send(n, &s)?;
         }
     }
 }
 
-/// Flushes `out` to the TUN queue and counts the result.
-fn write_tun(queue: &SyncDevice, out: &mut TunWriter, s: &Shared) -> io::Result<()> {
+/// Flushes `out` to the TUN queue, counts the result and returns the number of packets
+/// written.
+fn write_tun(queue: &SyncDevice, out: &mut TunWriter, s: &Shared) -> io::Result<usize> {
     let report = out.flush(queue)?;
     let c = s.fwd.counters();
     c.tun_tx_packets.add(report.packets as u64);
@@ -440,5 +529,5 @@ fn write_tun(queue: &SyncDevice, out: &mut TunWriter, s: &Shared) -> io::Result<
         c.tun_write_errors.add(report.lost as u64);
         s.log_error("TUN write failed", &e);
     }
-    Ok(())
+    Ok(report.packets)
 }

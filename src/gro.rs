@@ -112,6 +112,48 @@ impl Parsed {
     }
 }
 
+/// Whether the local kernel answers `p` inside the write that delivers it: an echo
+/// request (the echo reply), or a TCP segment that carries data, or opens or closes a
+/// connection (the ACK, the SYN-ACK). When the write returns, the answer is already in
+/// the TUN queue. A pure ACK is not answered, and what a program answers (UDP, say)
+/// comes later, when that program has run.
+pub fn answered_at_once(p: &[u8]) -> bool {
+    const ICMP: u8 = 1;
+    const ICMPV6: u8 = 58;
+    const ECHO_REQUEST: u8 = 8;
+    const ECHO_REQUEST_V6: u8 = 128;
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    let Some(&first) = p.first() else {
+        return false;
+    };
+    let (ip, proto, total) = match first >> 4 {
+        4 if p.len() >= 20 => {
+            // Only the first fragment has the transport header.
+            if u16::from_be_bytes([p[6], p[7]]) & 0x1fff != 0 {
+                return false;
+            }
+            let total = usize::from(u16::from_be_bytes([p[2], p[3]]));
+            (usize::from(first & 0x0f) * 4, p[9], total.min(p.len()))
+        }
+        6 if p.len() >= 40 => (40, p[6], p.len()),
+        _ => return false,
+    };
+    match (proto, first >> 4) {
+        (ICMP, 4) => p.get(ip) == Some(&ECHO_REQUEST),
+        (ICMPV6, 6) => p.get(ip) == Some(&ECHO_REQUEST_V6),
+        (TCP, _) => {
+            let (Some(&offset), Some(&flags)) = (p.get(ip + 12), p.get(ip + 13)) else {
+                return false;
+            };
+            let headers = ip + usize::from(offset >> 4) * 4;
+            flags & RST == 0 && (flags & (SYN | FIN) != 0 || total > headers)
+        }
+        _ => false,
+    }
+}
+
 /// One write to the TUN: the (rewritten) headers, then byte ranges of packets.
 struct Write {
     /// The virtio-net header, then for a superpacket the IP and transport headers.
@@ -736,6 +778,44 @@ mod tests {
         let packets: Vec<_> = (0..4).map(|i| tcp4(4000, i * 1000, 1000, ACK)).collect();
         let (_, writes) = plan(false, true, &packets);
         assert_eq!(writes, packets);
+    }
+
+    #[test]
+    fn what_the_kernel_answers_inside_the_write() {
+        use lametun_core::testing::packets::{icmp_echo_v4, tcp_syn_v4, udp_v4};
+        // Answered at once: echo requests (both families), data, SYN, FIN.
+        assert!(answered_at_once(&icmp_echo_v4(A, B, 84)));
+        let mut echo6 = vec![0u8; 16];
+        echo6[0] = 128;
+        assert!(answered_at_once(&ipv6([0xfd; 16], [0xfe; 16], 58, &echo6)));
+        assert!(answered_at_once(&tcp4(4000, 1, 100, ACK)));
+        assert!(answered_at_once(&tcp6(1, 100)));
+        assert!(answered_at_once(&tcp_syn_v4(A, B, 4000, 5201)));
+        assert!(answered_at_once(&tcp4(4000, 1, 0, ACK | 0x01)));
+        // Not: a pure ACK, a RST, an echo reply, UDP, a later fragment, ICMP in IPv6.
+        assert!(!answered_at_once(&tcp4(4000, 1, 0, ACK)));
+        assert!(!answered_at_once(&tcp4(4000, 1, 0, 0x04)));
+        let mut reply = icmp_echo_v4(A, B, 84);
+        reply[20] = 0;
+        assert!(!answered_at_once(&reply));
+        assert!(!answered_at_once(&udp_v4(A, B, 4000, 53, b"query")));
+        let mut later = tcp4(4000, 1, 100, ACK);
+        later[7] = 1;
+        assert!(!answered_at_once(&later));
+        assert!(!answered_at_once(&ipv6(
+            [0xfd; 16],
+            [0xfe; 16],
+            1,
+            &[8, 0, 0, 0]
+        )));
+        // Anything short or malformed is not, and never panics.
+        let mut rng = lametun_core::testing::Rng::new(11);
+        for len in 0..80 {
+            let mut p = vec![0u8; len];
+            rng.fill(&mut p);
+            answered_at_once(&p);
+        }
+        assert!(!answered_at_once(&tcp4(4000, 1, 100, ACK)[..33]));
     }
 
     #[test]

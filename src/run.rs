@@ -246,9 +246,9 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
             move || driver::outbound(q, off, s),
         )?);
     }
-    let (q, s) = (tun.queues[0].clone(), shared.clone());
+    let (q, s, off) = (tun.queues[0].clone(), shared.clone(), tun.offload);
     threads.push(spawn_worker("lametun-in".into(), &exit_tx, move || {
-        driver::inbound(q, s)
+        driver::inbound(q, off, s)
     })?);
 
     let mut background = tokio::task::JoinSet::new();
