@@ -196,6 +196,66 @@ fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
     tcp_50_mb_arrives_intact(&b, 6005);
 }
 
+/// Read calls and bytes read (`syscr`, `rchar`: the kernel counts them per thread) by
+/// thread `name` of process `pid`.
+fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            != name
+        {
+            continue;
+        }
+        let io = std::fs::read_to_string(dir.join("io")).unwrap();
+        let field = |key: &str| -> u64 {
+            io.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {io}"))
+        };
+        return (field("syscr:"), field("rchar:"));
+    }
+    panic!("process {pid} has no thread {name}");
+}
+
+/// On an idle tunnel the server's inbound thread sends the echo replies itself: the
+/// kernel queues each reply in the TUN queue inside the write of the request, and the
+/// inbound thread reads it from there (its read calls grow with every ping, and it
+/// reads nothing else) rather than leave it to the outbound thread, which must be woken
+/// and scheduled first.
+#[test]
+fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
+    if !std::path::Path::new("/proc/self/task").exists()
+        || !std::path::Path::new("/proc/self/io").exists()
+    {
+        eprintln!("skipped: this kernel does not count IO per thread (/proc/<pid>/task/<tid>/io)");
+        return;
+    }
+    let Some(mut b) = bench("answer") else { return };
+    // One queue: with several, the kernel may queue a reply on another one.
+    let (server, _) = start_pair(&mut b, &["--workers", "1"], &["--workers", "1"]);
+    let before = thread_reads(server, "lametun-in");
+    let pings = 20;
+    let replies = b
+        .ping(Side::Client, SERVER_TUN, pings, Some(100), false)
+        .unwrap();
+    assert_eq!(replies, pings);
+    let after = thread_reads(server, "lametun-in");
+    let (calls, bytes) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        calls >= u64::from(pings),
+        "{calls} TUN reads by the inbound thread for {pings} pings"
+    );
+    // A reply is 128 bytes (IP 20, ICMP 8, payload 100), after the virtio-net header.
+    // The outbound thread, which the reply wakes too, may win the race for a few.
+    assert!(
+        bytes >= u64::from(pings / 2) * 128,
+        "{bytes} bytes read by the inbound thread for {pings} pings"
+    );
+}
+
 /// UDP datagrams of one flow written to a real TUN device through [`TunWriter`]: all
 /// arrive, in order, intact; with USO on they are written as one superpacket, also when
 /// every slot is exactly one datagram long (the headers come from the writer, the

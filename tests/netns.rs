@@ -32,8 +32,12 @@ const SERVER_CIDR6: &str = "fd31::13/64";
 const CLIENT_CIDR6: &str = "fd31::7/64";
 
 /// Starts a server and a client with the article's addresses (plus IPv6 ones) and the
-/// extra arguments, and waits until a ping crosses the tunnel.
-pub(crate) fn start_pair(b: &mut Bench, server_extra: &[&str], client_extra: &[&str]) {
+/// extra arguments, and waits until a ping crosses the tunnel. Returns their PIDs.
+pub(crate) fn start_pair(
+    b: &mut Bench,
+    server_extra: &[&str],
+    client_extra: &[&str],
+) -> (u32, u32) {
     let mut server = vec![
         "-listen",
         "-device",
@@ -55,9 +59,10 @@ pub(crate) fn start_pair(b: &mut Bench, server_extra: &[&str], client_extra: &[&
         CLIENT_CIDR6,
     ];
     client.extend_from_slice(client_extra);
-    b.lametun(Side::Server, "server", &server).unwrap();
-    b.lametun(Side::Client, "client", &client).unwrap();
+    let server = b.lametun(Side::Server, "server", &server).unwrap();
+    let client = b.lametun(Side::Client, "client", &client).unwrap();
     wait_up(b);
+    (server, client)
 }
 
 /// Waits (at most 10 s) until the client reaches the server through the tunnel.
