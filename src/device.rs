@@ -13,7 +13,8 @@
 //!   and UDP segmentation offload (TSO/USO): reads then return up to 64 KiB "superpackets"
 //!   and writes may coalesce many packets into one (GRO);
 //! - with several workers the device gets several queues (`IFF_MULTI_QUEUE`); the kernel
-//!   spreads flows over them, one worker thread reads each.
+//!   spreads flows over them, one worker thread reads each (and the inbound thread reads
+//!   queue 0 for the answers to what it wrote: see `driver::inbound`).
 //!
 //! Every feature is probed and falls back: a device created earlier without multi-queue
 //! support gets one queue, a kernel without TUN offloads gets plain reads and writes.

@@ -8,6 +8,7 @@
 //!    TUN queue ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► peer
 //!  inbound, one thread:
 //!    peer ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
+//!      └─ after a small batch the kernel answers at once: one read of TUN queue 0 ──► peer
 //! ```
 //!
 //! Both move batches. A TUN read with offloads on returns a TCP "superpacket" of up to
@@ -16,7 +17,9 @@
 //! then sends the datagrams in as few `sendmsg` calls as UDP GSO allows (see
 //! [`batch`](crate::batch)). The inbound thread receives up to a few hundred datagrams
 //! per `recvmmsg`, and [`gro`](crate::gro) merges consecutive TCP and UDP segments back
-//! into superpackets for the kernel. Stages still see one packet at a time.
+//! into superpackets for the kernel. Stages still see one packet at a time. When the
+//! batch it wrote was small and the kernel answered it inside the write (a ping, a
+//! request), the inbound thread sends the answer itself (see [`inbound`]).
 //!
 //! Buffers are allocated once per thread and reused: nothing on the per-packet path
 //! allocates. Errors that concern one packet are counted and logged at a limited rate;
@@ -27,6 +30,7 @@ use std::io::{self, IoSliceMut};
 use std::net::UdpSocket;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use arrayvec::ArrayVec;
@@ -70,9 +74,17 @@ pub struct Shared {
     pub cancel: CancellationToken,
     /// Limits the log lines about IO errors.
     pub error_log: LogLimiter,
+    /// Outbound threads between waking up and finishing their sends: while one is,
+    /// the inbound thread leaves answers to it (see [`inbound`]).
+    pub sending: AtomicUsize,
 }
 
 impl Shared {
+    /// The size of a packet slot: room for the chain's headers, an MTU, its trailers.
+    fn slot_len(&self) -> usize {
+        self.fwd.headroom() + self.mtu + self.fwd.tailroom()
+    }
+
     fn log_error(&self, what: &str, e: &io::Error) {
         if let LogPermit::Log { suppressed } = self.error_log.check(Instant::now()) {
             tracing::warn!(error = %e, suppressed, "{what}");
@@ -94,9 +106,9 @@ fn is_fatal(e: &io::Error) -> bool {
 /// Registers a shared descriptor with the current thread's tokio reactor.
 ///
 /// The device and the socket are shared by several threads, each with its own runtime,
-/// so each thread registers them in its own reactor (epoll instance): the TUN queue for
-/// reading in its outbound thread, the socket for writing in every outbound thread and
-/// for reading in the inbound one.
+/// so each thread registers what it waits for in its own reactor (epoll instance): the
+/// TUN queue for reading in its outbound thread, the socket for reading in the inbound
+/// one. Nobody registers for writing: see [`send_transmit`].
 #[allow(unsafe_code)]
 fn register<T: AsRawFd>(inner: Arc<T>, interest: Interest) -> io::Result<AsyncFd<Arc<T>>> {
     // SAFETY: tokio requires the descriptor to stay open and to be the same one for the
@@ -127,9 +139,10 @@ where
 // ===== outbound: TUN -> peer =====
 
 /// A batch on its way from a TUN queue to the peer: slots that reads fill, the chain,
-/// and the UDP (GSO) sends. It does no waiting of its own, so both kinds of thread use
-/// it: an outbound thread whenever its queue is readable, and the inbound thread right
-/// after it wrote packets the local kernel answers at once (see [`inbound`]).
+/// and the UDP (GSO) sends. It never waits for the device (reads stop at an empty
+/// queue), only for room in the socket buffer, so both kinds of thread use it: an
+/// outbound thread whenever its queue is readable, and the inbound thread right after
+/// it wrote packets the local kernel answers at once (see [`inbound`]).
 struct Outgoing {
     /// Room before each packet for the chain's headers.
     head: usize,
@@ -152,12 +165,10 @@ struct Outgoing {
 
 impl Outgoing {
     fn new(s: &Shared, offload: bool) -> Self {
-        let head = s.fwd.headroom();
-        let stride = head + s.mtu + s.fwd.tailroom();
         Self {
-            head,
-            stride,
-            slab: vec![0u8; stride * BATCH],
+            head: s.fwd.headroom(),
+            stride: s.slot_len(),
+            slab: vec![0u8; s.slot_len() * BATCH],
             sizes: [0; BATCH],
             scratch: vec![0u8; if offload { SUPERPACKET_LEN } else { 0 }],
             gso_buf: vec![0u8; GsoLimits::MAX_BYTES],
@@ -183,7 +194,10 @@ impl Outgoing {
             match queue.recv_multiple(&mut self.scratch, &mut views, sizes, self.head) {
                 Ok(k) => n += k,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((n, true)),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                    calls -= 1; // a signal, not a read: try again
+                    continue;
+                }
                 Err(e) if is_fatal(&e) => return Err(e),
                 Err(e) => {
                     // A superpacket tun-rs could not split (malformed offload metadata):
@@ -258,13 +272,16 @@ pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> 
             () = s.cancel.cancelled() => return Ok(()),
             g = tun.readable() => g?,
         };
+        s.sending.fetch_add(1, Ordering::Relaxed);
         // Read until the queue is empty or the slots are full.
-        let (n, empty) = out.read(guard.get_inner(), usize::MAX, &s)?;
-        if empty {
+        let read = out.read(guard.get_inner(), usize::MAX, &s);
+        if let Ok((_, true)) = read {
             guard.clear_ready();
         }
         drop(guard);
-        out.send(n, &s)?;
+        let sent = read.and_then(|(n, _)| out.send(n, &s));
+        s.sending.fetch_sub(1, Ordering::Relaxed);
+        sent?;
     }
 }
 
@@ -451,17 +468,24 @@ pub const ANSWER_BATCH: usize = 2;
 
 /// Receives datagrams and writes the packets they carry to the TUN device until cancelled.
 ///
-/// When a batch held packets the local kernel answers inside the write (an echo
-/// request, TCP data: see [`answered_at_once`]), the answer is in the TUN queue when
-/// the write returns, and this thread reads it (one read) and sends it itself, as
-/// boringtun's shared event loop does. The outbound thread would have to be woken and
-/// scheduled first: on an idle tunnel that is a third of a ping's round trip. Only
-/// small batches are answered so (see [`ANSWER_BATCH`]), and never pure ACKs, whose
-/// answer is the data they release on the sending side of a TCP transfer: that is the
-/// outbound thread's work.
+/// When a batch held packets the local kernel may answer inside the write (an echo
+/// request, TCP data the host ACKs at once: see [`answered_at_once`]), the answer is in
+/// TUN queue 0 when the write returns, and this thread reads it (one read) and sends it
+/// itself, as boringtun's shared event loop does. The outbound thread is woken by the
+/// answer too, but need not be scheduled before it leaves: on an idle tunnel that takes
+/// a wakeup off a ping's critical path. When nothing was queued (a delayed ACK, traffic
+/// routed on elsewhere) the read finds the queue empty; it costs one syscall.
+///
+/// Only small batches are answered so (see [`ANSWER_BATCH`]), never pure ACKs (their
+/// answer is the data they release on the sending side of a TCP transfer, the outbound
+/// thread's work), and not while an outbound thread is busy: the one read takes what
+/// is at the head of the queue, which on a loaded tunnel may be another flow's data,
+/// and sending it beside the outbound thread could reorder that flow. (The check is a
+/// heuristic: an outbound thread waking just after it may still race this read.)
+/// Sending may wait for room in the socket buffer, as the outbound threads do.
 pub async fn inbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> io::Result<()> {
     let sock = register(s.udp.clone(), Interest::READABLE)?;
-    let mut out = TunWriter::new(&queue, s.fwd.headroom() + s.mtu + s.fwd.tailroom());
+    let mut out = TunWriter::new(&queue, s.slot_len());
     let mut answers = Outgoing::new(&s, offload);
     let mut rx: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [RecvMeta::default(); RX_BUFFERS];
@@ -510,7 +534,7 @@ pub async fn inbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> i
             written += write_tun(&queue, &mut out, &s)?;
         }
         let answered = out.take_answered();
-        if answered && written <= ANSWER_BATCH {
+        if answered && written <= ANSWER_BATCH && s.sending.load(Ordering::Relaxed) == 0 {
             let (n, _) = answers.read(&queue, 1, &s)?;
             answers.send(n, &s)?;
         }

@@ -112,11 +112,13 @@ impl Parsed {
     }
 }
 
-/// Whether the local kernel answers `p` inside the write that delivers it: an echo
+/// Whether the local kernel may answer `p` inside the write that delivers it: an echo
 /// request (the echo reply), or a TCP segment that carries data, or opens or closes a
-/// connection (the ACK, the SYN-ACK). When the write returns, the answer is already in
-/// the TUN queue. A pure ACK is not answered, and what a program answers (UDP, say)
-/// comes later, when that program has run.
+/// connection (the ACK, the SYN-ACK). When the write returns, the answer is then
+/// already in the TUN queue. Not always: TCP may delay its ACK, and a packet this host
+/// routes on elsewhere is answered by another host; a wrong guess costs one empty read.
+/// A pure ACK is not answered, and what a program answers (UDP, say) comes later, when
+/// that program has run.
 pub fn answered_at_once(p: &[u8]) -> bool {
     const ICMP: u8 = 1;
     const ICMPV6: u8 = 58;

@@ -234,6 +234,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
         mtu: usize::from(mtu),
         cancel: cancel.clone(),
         error_log: LogLimiter::new(5),
+        sending: Default::default(),
     });
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();

@@ -222,9 +222,10 @@ fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
 
 /// On an idle tunnel the server's inbound thread sends the echo replies itself: the
 /// kernel queues each reply in the TUN queue inside the write of the request, and the
-/// inbound thread reads it from there (its read calls grow with every ping, and it
-/// reads nothing else) rather than leave it to the outbound thread, which must be woken
-/// and scheduled first.
+/// inbound thread reads it from there (it reads nothing else from the TUN, so its read
+/// calls and bytes, which the kernel counts per thread, are the replies it took) rather
+/// than leave it to the outbound thread, which must be woken and scheduled first.
+/// Without this path the inbound thread makes no read at all.
 #[test]
 fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
     if !std::path::Path::new("/proc/self/task").exists()
@@ -233,8 +234,13 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
         eprintln!("skipped: this kernel does not count IO per thread (/proc/<pid>/task/<tid>/io)");
         return;
     }
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        // On one CPU the outbound thread, woken by the reply, may preempt the writer.
+        eprintln!("skipped: this test needs two CPUs");
+        return;
+    }
     let Some(mut b) = bench("answer") else { return };
-    // One queue: with several, the kernel may queue a reply on another one.
+    // One queue, so that where replies are queued does not depend on flow steering.
     let (server, _) = start_pair(&mut b, &["--workers", "1"], &["--workers", "1"]);
     let before = thread_reads(server, "lametun-in");
     let pings = 20;
@@ -244,14 +250,15 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
     assert_eq!(replies, pings);
     let after = thread_reads(server, "lametun-in");
     let (calls, bytes) = (after.0 - before.0, after.1 - before.1);
+    // The outbound thread, which the reply wakes too, may be first now and then: the
+    // inbound thread then leaves the reply to it, or finds the queue empty.
     assert!(
-        calls >= u64::from(pings),
+        calls >= u64::from(pings / 4),
         "{calls} TUN reads by the inbound thread for {pings} pings"
     );
     // A reply is 128 bytes (IP 20, ICMP 8, payload 100), after the virtio-net header.
-    // The outbound thread, which the reply wakes too, may win the race for a few.
     assert!(
-        bytes >= u64::from(pings / 2) * 128,
+        bytes >= u64::from(pings / 4) * 128,
         "{bytes} bytes read by the inbound thread for {pings} pings"
     );
 }
