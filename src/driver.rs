@@ -417,7 +417,7 @@ impl TunWriter {
         slot.resize(self.room.max(datagram.len()), 0);
         let mut pkt = PacketBuf::new(&mut slot[..], 0, datagram.len());
         if handle(&mut pkt) {
-            self.answered |= answered_at_once(pkt.as_slice());
+            self.answered = self.answered || answered_at_once(pkt.as_slice());
             let span = (pkt.start(), pkt.end());
             self.spans.push(span);
         }

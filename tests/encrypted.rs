@@ -15,7 +15,7 @@ use lametun::testnet::{self, Bench, CLIENT_TUN, CLIENT_UL, SERVER_TUN, SERVER_UL
 use lametun_stage_chacha20poly1305::generate_key;
 
 use crate::lametun_bin;
-use crate::netns::bench;
+use crate::netns::{bench, tcp_intact};
 
 /// The MTU of an encrypted tunnel over IPv4 without the packet-information header:
 /// 1500 - 20 (IPv4) - 8 (UDP) - 16 (header) - 16 (tag).
@@ -256,19 +256,7 @@ fn encrypted_mode_carries_ping_and_tcp_intact_without_fragments() {
     );
     assert_eq!(b.ping(Side::Client, SERVER_TUN, 3, None, false).unwrap(), 3);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN, 5101),
-            Side::Client,
-            20 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(
-        t.intact(),
-        "SHA-256 of what was sent and what arrived differ"
-    );
+    let t = tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5101), 20 << 20);
     eprintln!(
         "encrypted: 20 MB in {:.2} s: {:.0} Mbit/s",
         t.seconds,

@@ -12,7 +12,7 @@ use lametun::testnet::{self, Bench, SERVER_TUN, SERVER_TUN6, Side};
 use lametun_core::testing::packets;
 
 use crate::encrypted::{key_file, start, wait_up};
-use crate::netns::{bench, start_pair};
+use crate::netns::{bench, start_pair, tcp_intact};
 
 /// One datagram of the mixed-size streams: its index, then a pattern of its own.
 fn datagram(i: u32, size: usize) -> Vec<u8> {
@@ -124,23 +124,6 @@ fn mixed_sizes_arrive_intact(b: &Bench, to: SocketAddr, max: usize, count: u32) 
     );
 }
 
-/// A 50 MB TCP transfer from the client to `port` on the server, checked by SHA-256.
-fn tcp_50_mb_arrives_intact(b: &Bench, port: u16) {
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN, port),
-            Side::Client,
-            50 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(
-        t.intact(),
-        "SHA-256 of what was sent and what arrived differ"
-    );
-}
-
 /// The largest UDP payload that fits the TUN MTU in one packet.
 fn max_payload(b: &Bench, v6: bool) -> usize {
     let out = b
@@ -165,7 +148,7 @@ fn mixed_sizes_and_a_tcp_transfer_cross_a_two_queue_plain_tunnel_with_offloads_o
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6001), max, 2000);
     let max = max_payload(&b, true);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN6, 6002), max, 1000);
-    tcp_50_mb_arrives_intact(&b, 6006);
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6006), 50 << 20);
 }
 
 #[test]
@@ -193,7 +176,7 @@ fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
     );
     let max = max_payload(&b, false);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6004), max, 2000);
-    tcp_50_mb_arrives_intact(&b, 6005);
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6005), 50 << 20);
 }
 
 /// Read calls and bytes read (`syscr`, `rchar`: the kernel counts them per thread) by

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use lametun::testnet::{
     self, Bench, CLIENT_TUN, CLIENT_TUN6, SERVER_TUN, SERVER_TUN6, SERVER_UL, SERVER_UL6, Side,
+    Transfer,
 };
 
 use crate::lametun_bin;
@@ -30,6 +31,23 @@ const SERVER_CIDR: &str = "172.31.255.13/24";
 const CLIENT_CIDR: &str = "172.31.255.7/24";
 const SERVER_CIDR6: &str = "fd31::13/64";
 const CLIENT_CIDR6: &str = "fd31::7/64";
+
+/// Sends `bytes` over TCP to a listener on `listen` in `receiver`'s namespace from the
+/// other namespace, and checks by SHA-256 that they arrived intact.
+pub(crate) fn tcp_intact(b: &Bench, receiver: Side, listen: SocketAddr, bytes: usize) -> Transfer {
+    let sender = match receiver {
+        Side::Server => Side::Client,
+        Side::Client => Side::Server,
+    };
+    let t = b
+        .tcp_transfer(receiver, listen, sender, bytes, Duration::from_secs(60))
+        .unwrap();
+    assert!(
+        t.intact(),
+        "SHA-256 of what was sent and what arrived differ"
+    );
+    t
+}
 
 /// Starts a server and a client with the article's addresses (plus IPv6 ones) and the
 /// extra arguments, and waits until a ping crosses the tunnel. Returns their PIDs.
@@ -88,19 +106,7 @@ fn ping_both_ways_and_50_mb_over_tcp_arrive_intact() {
     start_pair(&mut b, &[], &[]);
     assert_eq!(b.ping(Side::Client, SERVER_TUN, 3, None, false).unwrap(), 3);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN, 5001),
-            Side::Client,
-            50 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(
-        t.intact(),
-        "SHA-256 of what was sent and what arrived differ"
-    );
+    let t = tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5001), 50 << 20);
     eprintln!("50 MB in {:.2} s: {:.0} Mbit/s", t.seconds, t.mbit_per_s());
 }
 
@@ -116,16 +122,7 @@ fn ipv6_inside_the_tunnel() {
         b.ping(Side::Server, CLIENT_TUN6, 3, None, false).unwrap(),
         3
     );
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN6, 5002),
-            Side::Client,
-            10 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(t.intact());
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN6, 5002), 10 << 20);
 }
 
 #[test]
@@ -151,16 +148,7 @@ fn ipv6_outer_transport() {
     )
     .unwrap();
     wait_up(&b);
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN, 5003),
-            Side::Client,
-            10 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(t.intact());
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5003), 10 << 20);
     let log = b.log("server");
     assert!(
         log.contains("learned the peer's address peer=[fd99::2]:"),
@@ -368,16 +356,7 @@ fn without_offloads_the_plain_path_works() {
         "{}",
         b.log("server")
     );
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN, 5004),
-            Side::Client,
-            20 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(t.intact());
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5004), 20 << 20);
 }
 
 #[test]
@@ -513,16 +492,7 @@ fn the_go_lametun_as_server_talks_to_ours() {
     .unwrap();
     wait_up(&b);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
-    let t = b
-        .tcp_transfer(
-            Side::Server,
-            testnet::addr(SERVER_TUN, 5005),
-            Side::Client,
-            5 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(t.intact());
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5005), 5 << 20);
     // Our keepalive (a bare packet-information header) did not make it exit.
     assert!(
         b.exit_status("server").is_none(),
@@ -552,16 +522,7 @@ fn our_server_talks_to_the_go_lametun_as_client() {
     configure_go_device(&b, Side::Client, CLIENT_CIDR);
     wait_up(&b);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
-    let t = b
-        .tcp_transfer(
-            Side::Client,
-            testnet::addr(CLIENT_TUN, 5006),
-            Side::Server,
-            5 << 20,
-            Duration::from_secs(60),
-        )
-        .unwrap();
-    assert!(t.intact());
+    tcp_intact(&b, Side::Client, testnet::addr(CLIENT_TUN, 5006), 5 << 20);
 }
 
 #[test]
