@@ -22,7 +22,7 @@ use crate::netns::{bench, tcp_intact};
 const ENCRYPTED_MTU: usize = 1440;
 
 /// Writes a key file with mode 600 (lametun refuses anything more open).
-pub(crate) fn key_file(b: &Bench, name: &str) -> PathBuf {
+fn key_file(b: &Bench, name: &str) -> PathBuf {
     use std::os::unix::fs::PermissionsExt as _;
     let path = b.dir().join(name);
     std::fs::write(&path, format!("{}\n", generate_key())).unwrap();
@@ -54,14 +54,28 @@ fn config(b: &Bench, side: Side, key: Option<&Path>) -> String {
     path.to_string_lossy().into_owned()
 }
 
+/// Starts an encrypted server and client ("server", "client") with a new key file,
+/// waits until the tunnel carries a ping, and returns the key file.
+pub(crate) fn start_pair(b: &mut Bench) -> PathBuf {
+    let key = key_file(b, "psk");
+    start(b, Side::Server, "server", Some(&key));
+    start(b, Side::Client, "client", Some(&key));
+    assert!(
+        wait_up(b, Duration::from_secs(10)),
+        "the encrypted tunnel did not come up\n{}",
+        logs(b, &["server", "client"])
+    );
+    key
+}
+
 /// Starts lametun as `name` on `side` with the config for `key`.
-pub(crate) fn start(b: &mut Bench, side: Side, name: &str, key: Option<&Path>) {
+fn start(b: &mut Bench, side: Side, name: &str, key: Option<&Path>) {
     let config = config(b, side, key);
     b.lametun(side, name, &["--config", &config]).unwrap();
 }
 
 /// Waits until a ping from the client crosses the tunnel.
-pub(crate) fn wait_up(b: &Bench, within: Duration) -> bool {
+fn wait_up(b: &Bench, within: Duration) -> bool {
     b.wait_for_ping(Side::Client, SERVER_TUN, within)
 }
 
@@ -246,14 +260,7 @@ fn server_port() -> SocketAddr {
 #[test]
 fn encrypted_mode_carries_ping_and_tcp_intact_without_fragments() {
     let Some(mut b) = bench("enc") else { return };
-    let key = key_file(&b, "psk");
-    start(&mut b, Side::Server, "server", Some(&key));
-    start(&mut b, Side::Client, "client", Some(&key));
-    assert!(
-        wait_up(&b, Duration::from_secs(10)),
-        "the encrypted tunnel did not come up\n{}",
-        logs(&b, &["server", "client"])
-    );
+    start_pair(&mut b);
     assert_eq!(b.ping(Side::Client, SERVER_TUN, 3, None, false).unwrap(), 3);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
     let t = tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5101), 20 << 20);
@@ -344,14 +351,7 @@ fn captured_datagrams_sent_again_never_reach_the_servers_tun() {
     if !have_tcpdump() {
         return;
     }
-    let key = key_file(&b, "psk");
-    start(&mut b, Side::Server, "server", Some(&key));
-    start(&mut b, Side::Client, "client", Some(&key));
-    assert!(
-        wait_up(&b, Duration::from_secs(10)),
-        "no tunnel\n{}",
-        logs(&b, &["server", "client"])
-    );
+    start_pair(&mut b);
     let file = start_capture(&mut b, Side::Server, "capture");
     assert_eq!(b.ping(Side::Client, SERVER_TUN, 5, None, false).unwrap(), 5);
     let recorded: Vec<Vec<u8>> = stop_capture(&mut b, "capture", &file)
@@ -442,14 +442,7 @@ fn ends_with_different_keys_deliver_nothing() {
 #[test]
 fn restarting_either_end_resumes_traffic_within_2_seconds() {
     let Some(mut b) = bench("rst") else { return };
-    let key = key_file(&b, "psk");
-    start(&mut b, Side::Server, "server", Some(&key));
-    start(&mut b, Side::Client, "client", Some(&key));
-    assert!(
-        wait_up(&b, Duration::from_secs(10)),
-        "no tunnel\n{}",
-        logs(&b, &["server", "client"])
-    );
+    let key = start_pair(&mut b);
 
     // The client restarts; the server is not touched.
     assert_eq!(b.stop("client"), Some(0));
@@ -481,14 +474,7 @@ fn restarting_either_end_resumes_traffic_within_2_seconds() {
 #[test]
 fn forged_datagrams_from_a_third_address_do_not_move_the_peer() {
     let Some(mut b) = bench("forge") else { return };
-    let key = key_file(&b, "psk");
-    start(&mut b, Side::Server, "server", Some(&key));
-    start(&mut b, Side::Client, "client", Some(&key));
-    assert!(
-        wait_up(&b, Duration::from_secs(10)),
-        "no tunnel\n{}",
-        logs(&b, &["server", "client"])
-    );
+    start_pair(&mut b);
     // A third host on the link.
     const THIRD: &str = "10.99.0.3";
     let veth = b.veth(Side::Client);

@@ -11,7 +11,7 @@ use lametun::driver::TunWriter;
 use lametun::testnet::{self, Bench, SERVER_TUN, SERVER_TUN6, Side};
 use lametun_core::testing::packets;
 
-use crate::encrypted::{key_file, start, wait_up};
+use crate::encrypted;
 use crate::netns::{bench, start_pair, tcp_intact};
 
 /// One datagram of the mixed-size streams: its index, then a pattern of its own.
@@ -167,13 +167,7 @@ fn mixed_sizes_cross_the_plain_tunnel_intact_with_offloads_off() {
 #[test]
 fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
     let Some(mut b) = bench("mixenc") else { return };
-    let key = key_file(&b, "psk");
-    start(&mut b, Side::Server, "server", Some(&key));
-    start(&mut b, Side::Client, "client", Some(&key));
-    assert!(
-        wait_up(&b, Duration::from_secs(10)),
-        "the encrypted tunnel did not come up"
-    );
+    encrypted::start_pair(&mut b);
     let max = max_payload(&b, false);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6004), max, 2000);
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6005), 50 << 20);
