@@ -12,9 +12,11 @@
 //!   leaves the kernel free to put the virtio-net header there, the one that carries TCP
 //!   and UDP segmentation offload (TSO/USO): reads then return up to 64 KiB "superpackets"
 //!   and writes may coalesce many packets into one (GRO);
-//! - with several workers the device gets several queues (`IFF_MULTI_QUEUE`); the kernel
-//!   spreads flows over them, one worker thread reads each (and the inbound thread reads
-//!   queue 0 for the answers to what it wrote: see `driver::inbound`).
+//! - with several workers the device gets several queues (`IFF_MULTI_QUEUE`) and one
+//!   worker thread reads each. The kernel queues a flow's packets on the queue that flow
+//!   was last written on, so the inbound thread writes each flow on a queue of its own
+//!   choosing (`gro::flow_queue`), spreading the flows over the workers (and reads the
+//!   answers to what it wrote from there: see `driver::inbound`).
 //!
 //! Every feature is probed and falls back: a device created earlier without multi-queue
 //! support gets one queue, a kernel without TUN offloads gets plain reads and writes.
@@ -35,7 +37,7 @@ pub const GSO_MAX_SEGS: u32 = 64;
 
 /// An open TUN device: one handle per queue.
 pub struct Tun {
-    /// The queues; `queues[0]` also carries the writes of the inbound path.
+    /// The queues, one per worker; the inbound path writes to all of them.
     pub queues: Vec<Arc<SyncDevice>>,
     /// The interface name.
     pub name: String,

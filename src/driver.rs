@@ -8,7 +8,8 @@
 //!    TUN queue ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► peer
 //!  inbound, one thread:
 //!    peer ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
-//!      └─ after a small batch the kernel answers at once: one read of TUN queue 0 ──► peer
+//!      │                                    each flow on its own queue (flow_queue)
+//!      └─ after a small batch the kernel answers at once: one read of that TUN queue ──► peer
 //! ```
 //!
 //! Both move batches. A TUN read with offloads on returns a TCP "superpacket" of up to
@@ -45,7 +46,7 @@ use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 
 use crate::batch::{Datagram, GsoLimits, Run, plan_runs};
 use crate::device::GSO_MAX_SEGS;
-use crate::gro::{Coalescer, WriteReport, answered_at_once};
+use crate::gro::{Coalescer, WriteReport, answered_at_once, flow_queue};
 
 /// Packets per batch (slots of one MTU each), in both directions.
 pub const BATCH: usize = 128;
@@ -378,27 +379,33 @@ fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<()> {
 /// spare room for a superpacket (a test writes from slots sized exactly to the
 /// packets).
 pub struct TunWriter {
+    /// The TUN queues; each flow is written on its own (see [`flow_queue`]).
+    queues: Vec<Arc<SyncDevice>>,
     slots: Vec<Vec<u8>>,
-    /// `(start, end)` of the packet in each filled slot.
-    spans: ArrayVec<(usize, usize), BATCH>,
+    /// `(start, end)` of the packet in each filled slot, and the queue it goes to.
+    spans: ArrayVec<(usize, usize, usize), BATCH>,
     /// Room a packet may take: inbound stages may grow it up to the MTU (decompression).
     room: usize,
     gro: Coalescer,
-    /// Whether a packet pushed since the last [`take_answered`](Self::take_answered)
-    /// is one the local kernel answers inside the write.
-    answered: bool,
+    /// The queue of the first packet pushed since the last
+    /// [`take_answered`](Self::take_answered) that the local kernel answers inside the
+    /// write.
+    answered: Option<usize>,
 }
 
 impl TunWriter {
-    /// A writer for `queue` with [`BATCH`] slots of `room` bytes, the most a datagram
-    /// and the packet it becomes may take (a longer datagram grows its slot).
-    pub fn new(queue: &SyncDevice, room: usize) -> Self {
+    /// A writer to `queues` (all of one device) with [`BATCH`] slots of `room` bytes,
+    /// the most a datagram and the packet it becomes may take (a longer datagram grows
+    /// its slot).
+    pub fn new(queues: &[Arc<SyncDevice>], room: usize) -> Self {
+        assert!(!queues.is_empty(), "a TUN device has at least one queue");
         Self {
+            queues: queues.to_vec(),
             slots: (0..BATCH).map(|_| Vec::with_capacity(room)).collect(),
             spans: ArrayVec::new(),
             room,
-            gro: Coalescer::new(queue.tcp_gso(), queue.udp_gso()),
-            answered: false,
+            gro: Coalescer::new(queues[0].tcp_gso(), queues[0].udp_gso()),
+            answered: None,
         }
     }
 
@@ -417,18 +424,20 @@ impl TunWriter {
         slot.resize(self.room.max(datagram.len()), 0);
         let mut pkt = PacketBuf::new(&mut slot[..], 0, datagram.len());
         if handle(&mut pkt) {
-            self.answered = self.answered || answered_at_once(pkt.as_slice());
-            let span = (pkt.start(), pkt.end());
-            self.spans.push(span);
+            let queue = flow_queue(pkt.as_slice(), self.queues.len());
+            if self.answered.is_none() && answered_at_once(pkt.as_slice()) {
+                self.answered = Some(queue);
+            }
+            self.spans.push((pkt.start(), pkt.end(), queue));
         }
         self.spans.is_full()
     }
 
-    /// Whether a packet pushed since the last call is one the local kernel answers
-    /// inside the write that delivers it (an echo request, TCP data): see
-    /// [`answered_at_once`].
-    pub fn take_answered(&mut self) -> bool {
-        std::mem::take(&mut self.answered)
+    /// The queue of a packet pushed since the last call that the local kernel answers
+    /// inside the write that delivers it (an echo request, TCP data: see
+    /// [`answered_at_once`]); the answer is queued there.
+    pub fn take_answered(&mut self) -> Option<&Arc<SyncDevice>> {
+        self.answered.take().map(|q| &self.queues[q])
     }
 
     /// Packets waiting for [`flush`](Self::flush).
@@ -441,20 +450,34 @@ impl TunWriter {
         self.spans.is_empty()
     }
 
-    /// Writes the waiting packets to `queue`, coalesced where it can. An error is
-    /// returned only when the device is unusable; packets the kernel refused are in the
-    /// report.
-    pub fn flush(&mut self, queue: &SyncDevice) -> io::Result<WriteReport> {
-        let packets: ArrayVec<&[u8], BATCH> = self
-            .spans
-            .iter()
-            .zip(&self.slots)
-            .map(|(&(start, end), slot)| &slot[start..end])
-            .collect();
-        self.gro.plan(&packets);
-        let report = self.gro.write(queue, &packets);
+    /// Writes the waiting packets, each to the queue of its flow, coalesced where it
+    /// can. An error is returned only when the device is unusable; packets the kernel
+    /// refused are in the report.
+    pub fn flush(&mut self) -> io::Result<WriteReport> {
+        let mut total = WriteReport::default();
+        for (q, queue) in self.queues.iter().enumerate() {
+            let packets: ArrayVec<&[u8], BATCH> = self
+                .spans
+                .iter()
+                .zip(&self.slots)
+                .filter(|((_, _, to), _)| *to == q)
+                .map(|(&(start, end, _), slot)| &slot[start..end])
+                .collect();
+            if packets.is_empty() {
+                continue;
+            }
+            self.gro.plan(&packets);
+            let report = self.gro.write(queue, &packets);
+            match report {
+                Ok(r) => total.add(r),
+                Err(e) => {
+                    self.spans.clear();
+                    return Err(e);
+                }
+            }
+        }
         self.spans.clear();
-        report
+        Ok(total)
     }
 }
 
@@ -470,7 +493,8 @@ pub const ANSWER_BATCH: usize = 2;
 ///
 /// When a batch held packets the local kernel may answer inside the write (an echo
 /// request, TCP data the host ACKs at once: see [`answered_at_once`]), the answer is in
-/// TUN queue 0 when the write returns, and this thread reads it (one read) and sends it
+/// the TUN queue the request was written on (the queue of its flow: [`flow_queue`])
+/// when the write returns, and this thread reads it (one read) and sends it
 /// itself, as boringtun's shared event loop does. The outbound thread is woken by the
 /// answer too, but need not be scheduled before it leaves: on an idle tunnel that takes
 /// a wakeup off a ping's critical path. When nothing was queued (a delayed ACK, traffic
@@ -483,9 +507,17 @@ pub const ANSWER_BATCH: usize = 2;
 /// and sending it beside the outbound thread could reorder that flow. (The check is a
 /// heuristic: an outbound thread waking just after it may still race this read.)
 /// Sending may wait for room in the socket buffer, as the outbound threads do.
-pub async fn inbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> io::Result<()> {
+///
+/// `queues` are all the device's queues: each packet is written on the queue of its flow,
+/// which makes the kernel queue the flow's packets the other way on that same queue, so
+/// the flows spread over the outbound threads (see [`flow_queue`]).
+pub async fn inbound(
+    queues: Vec<Arc<SyncDevice>>,
+    offload: bool,
+    s: Arc<Shared>,
+) -> io::Result<()> {
     let sock = register(s.udp.clone(), Interest::READABLE)?;
-    let mut out = TunWriter::new(&queue, s.slot_len());
+    let mut out = TunWriter::new(&queues, s.slot_len());
     let mut answers = Outgoing::new(&s, offload);
     let mut rx: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [RecvMeta::default(); RX_BUFFERS];
@@ -526,25 +558,27 @@ pub async fn inbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> i
                     s.fwd.handle_udp(pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
                 });
                 if full {
-                    written += write_tun(&queue, &mut out, &s)?;
+                    written += write_tun(&mut out, &s)?;
                 }
             }
         }
         if !out.is_empty() {
-            written += write_tun(&queue, &mut out, &s)?;
+            written += write_tun(&mut out, &s)?;
         }
-        let answered = out.take_answered();
-        if answered && written <= ANSWER_BATCH && s.sending.load(Ordering::Relaxed) == 0 {
-            let (n, _) = answers.read(&queue, 1, &s)?;
+        if let Some(queue) = out.take_answered()
+            && written <= ANSWER_BATCH
+            && s.sending.load(Ordering::Relaxed) == 0
+        {
+            let (n, _) = answers.read(queue, 1, &s)?;
             answers.send(n, &s)?;
         }
     }
 }
 
-/// Flushes `out` to the TUN queue, counts the result and returns the number of packets
+/// Flushes `out` to the TUN queues, counts the result and returns the number of packets
 /// written.
-fn write_tun(queue: &SyncDevice, out: &mut TunWriter, s: &Shared) -> io::Result<usize> {
-    let report = out.flush(queue)?;
+fn write_tun(out: &mut TunWriter, s: &Shared) -> io::Result<usize> {
+    let report = out.flush()?;
     let c = s.fwd.counters();
     c.tun_tx_packets.add(report.packets as u64);
     c.tun_tx_bytes.add(report.bytes as u64);

@@ -156,6 +156,56 @@ pub fn answered_at_once(p: &[u8]) -> bool {
     }
 }
 
+/// The TUN queue, of `queues`, that packet `p` is written on: the same for every packet
+/// of a flow and for both of its directions.
+///
+/// The kernel remembers, per flow, the queue a packet of that flow was last written on
+/// (`tun_flow_update`), and queues the flow's packets the other way on that same queue
+/// (`tun_automq_select_queue`). Writing every flow on one queue would send every flow
+/// that has received something to that queue's worker; spreading the writes by flow
+/// spreads the flows over the workers, and a flow's packets stay on one queue, in order.
+///
+/// The flow is the pair of addresses, the protocol and, for TCP and UDP packets that
+/// are not fragments, the pair of ports; the pairs are combined symmetrically (a
+/// packet and its answer are one flow). Anything that is not IPv4 or IPv6 goes to
+/// queue 0.
+pub fn flow_queue(p: &[u8], queues: usize) -> usize {
+    if queues <= 1 {
+        return 0;
+    }
+    let word = |b: &[u8]| u32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    let (addresses, proto, l4) = match p.first().map(|b| b >> 4) {
+        Some(4) if p.len() >= 20 => {
+            let fragment = u16::from_be_bytes([p[6], p[7]]) & 0x3fff != 0;
+            let ihl = usize::from(p[0] & 0x0f) * 4;
+            (
+                word(&p[12..16]) ^ word(&p[16..20]),
+                p[9],
+                (!fragment).then_some(ihl),
+            )
+        }
+        Some(6) if p.len() >= 40 => {
+            let addresses = p[8..40].chunks_exact(4).fold(0, |h, w| h ^ word(w));
+            (addresses, p[6], Some(40))
+        }
+        _ => return 0,
+    };
+    let ports = match (proto, l4) {
+        (TCP | UDP, Some(at)) if p.len() >= at + 4 => u32::from(
+            u16::from_be_bytes([p[at], p[at + 1]]) ^ u16::from_be_bytes([p[at + 2], p[at + 3]]),
+        ),
+        _ => 0,
+    };
+    // murmur3's finalizer spreads the bits, then the high bits pick the queue.
+    let mut h = addresses ^ ports.rotate_left(16) ^ u32::from(proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    ((u64::from(h) * queues as u64) >> 32) as usize
+}
+
 /// One write to the TUN: the (rewritten) headers, then byte ranges of packets.
 struct Write {
     /// The virtio-net header, then for a superpacket the IP and transport headers.
@@ -344,6 +394,19 @@ pub struct WriteReport {
     pub lost: usize,
     /// The last error of a failed write.
     pub error: Option<io::Error>,
+}
+
+impl WriteReport {
+    /// Adds the counts of `other`; its error, if any, becomes the last error.
+    pub fn add(&mut self, other: Self) {
+        self.writes += other.writes;
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.lost += other.lost;
+        if other.error.is_some() {
+            self.error = other.error;
+        }
+    }
 }
 
 fn seq(p: &[u8], parsed: Parsed) -> u32 {
@@ -818,6 +881,71 @@ mod tests {
             answered_at_once(&p);
         }
         assert!(!answered_at_once(&tcp4(4000, 1, 100, ACK)[..33]));
+    }
+
+    #[test]
+    fn a_flow_and_its_answers_share_a_queue_and_flows_spread_over_the_queues() {
+        use lametun_core::testing::packets::{icmp_echo_v4, udp_v4};
+        let swap4 = |p: &[u8]| {
+            // The same packet the other way: addresses and ports swapped.
+            let mut q = p.to_vec();
+            q[12..16].copy_from_slice(&p[16..20]);
+            q[16..20].copy_from_slice(&p[12..16]);
+            q[20..22].copy_from_slice(&p[22..24]);
+            q[22..24].copy_from_slice(&p[20..22]);
+            q
+        };
+        for queues in [2, 3, 4] {
+            let mut used = vec![0usize; queues];
+            for sport in 40_000..40_064u16 {
+                let data = tcp4(sport, 1, 100, ACK);
+                let q = flow_queue(&data, queues);
+                used[q] += 1;
+                // Every packet of the flow, whatever its flags or size, and the answers.
+                assert_eq!(flow_queue(&tcp4(sport, 9, 0, ACK | 0x01), queues), q);
+                assert_eq!(flow_queue(&swap4(&data), queues), q);
+                let dns = udp_v4(A, B, sport, 53, b"query");
+                assert_eq!(flow_queue(&swap4(&dns), queues), flow_queue(&dns, queues));
+            }
+            // 64 flows over 2-4 queues: none is left idle or takes nearly all.
+            assert!(
+                used.iter().all(|&n| n >= 64 / queues / 3),
+                "{queues} queues: {used:?}"
+            );
+        }
+        // IPv6, both ways.
+        let six = tcp6(1, 100);
+        let mut back = six.clone();
+        back[8..24].copy_from_slice(&six[24..40]);
+        back[24..40].copy_from_slice(&six[8..24]);
+        back[40..42].copy_from_slice(&six[42..44]);
+        back[42..44].copy_from_slice(&six[40..42]);
+        assert_eq!(flow_queue(&six, 4), flow_queue(&back, 4));
+        // An echo and its reply; every fragment of a datagram (no ports in later ones).
+        let echo = icmp_echo_v4(A, B, 84);
+        let mut reply = echo.clone();
+        reply[12..16].copy_from_slice(&echo[16..20]);
+        reply[16..20].copy_from_slice(&echo[12..16]);
+        assert_eq!(flow_queue(&echo, 4), flow_queue(&reply, 4));
+        let mut first = udp_v4(A, B, 4000, 53, &[7; 100]);
+        first[6] = 0x20; // more fragments
+        let mut later = first.clone();
+        later[6..8].copy_from_slice(&[0, 10]);
+        later[20..24].copy_from_slice(&[1, 2, 3, 4]);
+        assert_eq!(flow_queue(&first, 4), flow_queue(&later, 4));
+        // One queue, or anything that is not IP: queue 0; short or random bytes never panic.
+        assert_eq!(flow_queue(&tcp4(4000, 1, 100, ACK), 1), 0);
+        assert_eq!(flow_queue(&[0x00; 60], 4), 0);
+        let mut rng = lametun_core::testing::Rng::new(5);
+        for len in 0..240 {
+            let mut p = vec![0u8; len / 3];
+            rng.fill(&mut p);
+            if let Some(first) = p.first_mut() {
+                // IPv4, IPv6 or anything, with any header length.
+                *first = [0x40, 0x60, 0][len % 3] | (*first & 0x0f);
+            }
+            assert!(flow_queue(&p, 3) < 3);
+        }
     }
 
     #[test]

@@ -247,7 +247,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
             move || driver::outbound(q, off, s),
         )?);
     }
-    let (q, s, off) = (tun.queues[0].clone(), shared.clone(), tun.offload);
+    let (q, s, off) = (tun.queues.clone(), shared.clone(), tun.offload);
     threads.push(spawn_worker("lametun-in".into(), &exit_tx, move || {
         driver::inbound(q, off, s)
     })?);

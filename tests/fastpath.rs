@@ -240,6 +240,63 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
     );
 }
 
+/// With two queues, the flows of a busy tunnel spread over both outbound threads.
+///
+/// The kernel queues a flow's outgoing packets on the queue the flow's packets were
+/// last written on; the inbound thread picks that queue per flow (`flow_queue`), so a
+/// flow that has received through the tunnel (every TCP connection: its SYN-ACK, its
+/// ACKs) is read by the outbound thread of its queue. When every write went to queue 0,
+/// the second thread read almost nothing. Sixteen connections send 4 MiB each from
+/// the client, and each client outbound thread must read at least a tenth of what they
+/// read together (16 flows hashed over 2 queues leave fewer than 2 on one queue once in
+/// ~2000 runs; a flow moves most of its bytes after its SYN-ACK is written).
+#[test]
+fn the_flows_of_a_two_queue_tunnel_spread_over_both_outbound_threads() {
+    if !std::path::Path::new("/proc/self/task").exists()
+        || !std::path::Path::new("/proc/self/io").exists()
+    {
+        eprintln!("skipped: this kernel does not count IO per thread (/proc/<pid>/task/<tid>/io)");
+        return;
+    }
+    let Some(mut b) = bench("spread") else { return };
+    let (_, client) = start_pair(&mut b, &["--workers", "2"], &["--workers", "2"]);
+    assert!(b.log("client").contains("queues=2"), "{}", b.log("client"));
+    // Bytes read from the TUN by each outbound thread, and by the inbound thread (the
+    // answers it sends itself).
+    let read = || ["lametun-out0", "lametun-out1", "lametun-in"].map(|t| thread_reads(client, t).1);
+    let before = read();
+    let flows = 16u16;
+    let each = 4 << 20;
+    std::thread::scope(|scope| {
+        let b = &b;
+        let transfers: Vec<_> = (0..flows)
+            .map(|i| {
+                scope.spawn(move || {
+                    tcp_intact(b, Side::Server, testnet::addr(SERVER_TUN, 6100 + i), each)
+                })
+            })
+            .collect();
+        for t in transfers {
+            t.join().expect("a transfer failed");
+        }
+    });
+    let after = read();
+    let [out0, out1, inbound] = [0, 1, 2].map(|t| after[t] - before[t]);
+    eprintln!("client TUN reads for {flows} flows: out0 {out0}, out1 {out1}, in {inbound} bytes");
+    assert!(
+        out0 + out1 + inbound >= u64::from(flows) * each as u64,
+        "{} bytes read for {flows} x {each}",
+        out0 + out1 + inbound
+    );
+    let (bytes, total) = ([out0, out1], out0 + out1);
+    for (q, &n) in bytes.iter().enumerate() {
+        assert!(
+            n >= total / 10,
+            "outbound thread {q} read {n} of {total} bytes: the flows did not spread"
+        );
+    }
+}
+
 /// UDP datagrams of one flow written to a real TUN device through [`TunWriter`]: all
 /// arrive, in order, intact; with USO on they are written as one superpacket, also when
 /// every slot is exactly one datagram long (the headers come from the writer, the
@@ -261,7 +318,6 @@ fn coalesced_tun_writes_reach_a_socket_intact_even_from_slots_without_spare_room
                 ip(&["link", "set", "ltgro0", "up"]);
                 let sock = UdpSocket::bind("10.77.0.1:7000").unwrap();
                 sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                let queue = &tun.queues[0];
                 let rx = || {
                     b.link_counter(Side::Server, "ltgro0", "rx_packets")
                         .unwrap()
@@ -278,12 +334,12 @@ fn coalesced_tun_writes_reach_a_socket_intact_even_from_slots_without_spare_room
                         .collect();
                     // Slots of an MTU, or of exactly one full datagram.
                     let room = if spare_room { 1500 } else { pkts[0].len() };
-                    let mut out = TunWriter::new(queue, room);
+                    let mut out = TunWriter::new(&tun.queues, room);
                     for p in &pkts {
                         out.push(p, |_| true);
                     }
                     let before = rx();
-                    let r = out.flush(queue).expect("write");
+                    let r = out.flush().expect("write");
                     let writes = rx() - before;
                     assert_eq!((r.packets, r.lost), (41, 0));
                     let mut buf = [0u8; 2000];

@@ -168,10 +168,9 @@ impl Workers {
     /// How many workers for a machine with `cpus` CPUs.
     ///
     /// Each worker is a TUN queue with its outbound thread; one more thread carries the
-    /// inbound direction. On 2 CPUs one worker beat two in every case measured (a TCP
-    /// stream and four streams, plaintext and encrypted: 10-15% more throughput, 7-15%
-    /// less CPU per byte), because the second thread only added wakeups on cores that
-    /// the inbound thread and the applications already keep busy.
+    /// inbound direction. On 2 CPUs two workers were no faster than one (a TCP stream
+    /// and four streams, plaintext and encrypted: within a few percent either way): the
+    /// inbound thread and the applications already keep both cores busy.
     pub fn resolve(self, cpus: usize) -> usize {
         match self {
             Self::Auto => (cpus / 2).clamp(1, Self::AUTO_MAX),
