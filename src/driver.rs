@@ -370,21 +370,34 @@ fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<()> {
 
 // ===== inbound: peer -> TUN =====
 
-/// The inbound side's TUN writes: slots the chain fills with packets, and the
-/// [`Coalescer`] that writes them, consecutive segments of a flow merged into
-/// superpackets with gathered writes.
+/// The inbound side's packets: the receive buffers the socket fills, the chain's work
+/// on each datagram, and the [`Coalescer`] that writes the packets to the TUN queues,
+/// consecutive segments of a flow merged into superpackets with gathered writes.
 ///
-/// Each packet stays where the chain left it in its slot: the coalescer writes the
-/// headers from its own buffer and the payloads from the slots, so a slot needs no
-/// spare room for a superpacket (a test writes from slots sized exactly to the
+/// When no stage grows inbound packets ([`Pipeline::grows_inbound`]), the chain runs on
+/// each datagram where the socket put it, in the receive buffer (packets only shrink
+/// there). Otherwise each datagram is first copied into a slot with room up to the
+/// MTU. Either way each packet stays where the chain left it: the coalescer writes the
+/// headers from its own buffer and the payloads from where the packets are, so nothing
+/// needs spare room for a superpacket (a test writes from slots sized exactly to the
 /// packets).
+///
+/// [`Pipeline::grows_inbound`]: lametun_core::Pipeline::grows_inbound
 pub struct TunWriter {
     /// The TUN queues; each flow is written on its own (see [`flow_queue`]).
     queues: Vec<Arc<SyncDevice>>,
+    /// Receive buffers, for [`push_received`](Self::push_received).
+    rx: Vec<Vec<u8>>,
+    /// Whether the chain runs on datagrams where they were received.
+    in_place: bool,
+    /// Slots for packets that need room of their own.
     slots: Vec<Vec<u8>>,
-    /// `(start, end)` of the packet in each filled slot, and the queue it goes to.
-    spans: ArrayVec<(usize, usize, usize), BATCH>,
-    /// Room a packet may take: inbound stages may grow it up to the MTU (decompression).
+    /// Slots in use.
+    used: usize,
+    /// Where each waiting packet is, and the queue it goes to.
+    spans: ArrayVec<Span, BATCH>,
+    /// Room a packet may take in a slot: inbound stages may grow it up to the MTU
+    /// (decompression).
     room: usize,
     gro: Coalescer,
     /// The queue of the first packet pushed since the last
@@ -393,15 +406,36 @@ pub struct TunWriter {
     answered: Option<usize>,
 }
 
+/// A packet waiting to be written.
+#[derive(Clone, Copy)]
+struct Span {
+    /// A receive buffer (`true`) or a slot, and its index.
+    rx: bool,
+    buffer: usize,
+    start: usize,
+    end: usize,
+    queue: usize,
+}
+
 impl TunWriter {
-    /// A writer to `queues` (all of one device) with [`BATCH`] slots of `room` bytes,
-    /// the most a datagram and the packet it becomes may take (a longer datagram grows
-    /// its slot).
-    pub fn new(queues: &[Arc<SyncDevice>], room: usize) -> Self {
+    /// A writer to `queues` (all of one device). It has `rx_buffers` receive buffers of
+    /// `rx_len` bytes, and [`BATCH`] slots of `room` bytes, the most a datagram and the
+    /// packet it becomes may take (a longer datagram grows its slot). `in_place`: run
+    /// the chain on received datagrams where they are (only if no stage grows inbound
+    /// packets).
+    pub fn new(
+        queues: &[Arc<SyncDevice>],
+        room: usize,
+        (rx_buffers, rx_len): (usize, usize),
+        in_place: bool,
+    ) -> Self {
         assert!(!queues.is_empty(), "a TUN device has at least one queue");
         Self {
             queues: queues.to_vec(),
-            slots: (0..BATCH).map(|_| Vec::with_capacity(room)).collect(),
+            rx: (0..rx_buffers).map(|_| vec![0u8; rx_len]).collect(),
+            in_place,
+            slots: (0..BATCH).map(|_| Vec::new()).collect(),
+            used: 0,
             spans: ArrayVec::new(),
             room,
             gro: Coalescer::new(queues[0].tcp_gso(), queues[0].udp_gso()),
@@ -409,28 +443,82 @@ impl TunWriter {
         }
     }
 
+    /// The receive buffers, to receive into. Only between flushes: the waiting
+    /// packets may be in them.
+    pub fn rx_mut(&mut self) -> &mut [Vec<u8>] {
+        debug_assert!(self.spans.is_empty(), "received over waiting packets");
+        &mut self.rx
+    }
+
+    /// Lets `handle` (the chain) turn the datagram at `range` of receive buffer
+    /// `buffer` into an inner packet, in place or in a slot (see [`TunWriter`]). The
+    /// packet is kept for the next flush when `handle` returns true. Returns true when
+    /// no more packets fit: flush before pushing again.
+    pub fn push_received(
+        &mut self,
+        buffer: usize,
+        range: std::ops::Range<usize>,
+        handle: impl FnOnce(&mut PacketBuf<'_>) -> bool,
+    ) -> bool {
+        let len = range.len();
+        if !self.in_place {
+            let slot = &mut self.slots[self.used];
+            slot.clear();
+            slot.extend_from_slice(&self.rx[buffer][range]);
+            return self.handle_slot(len, handle);
+        }
+        let mut pkt = PacketBuf::new(&mut self.rx[buffer][range.clone()], 0, len);
+        if handle(&mut pkt) {
+            let (start, end) = (range.start + pkt.start(), range.start + pkt.end());
+            self.keep(true, buffer, start, end);
+        }
+        self.spans.is_full()
+    }
+
     /// Copies `datagram` into the next free slot and lets `handle` (the chain) turn it
-    /// into an inner packet in place. The packet is kept for the next flush when
-    /// `handle` returns true. Returns true when the slots are full: flush before pushing
-    /// again.
+    /// into an inner packet there. The packet is kept for the next flush when `handle`
+    /// returns true. Returns true when no more packets fit: flush before pushing again.
     pub fn push(
         &mut self,
         datagram: &[u8],
         handle: impl FnOnce(&mut PacketBuf<'_>) -> bool,
     ) -> bool {
-        let slot = &mut self.slots[self.spans.len()];
+        let slot = &mut self.slots[self.used];
         slot.clear();
         slot.extend_from_slice(datagram);
-        slot.resize(self.room.max(datagram.len()), 0);
-        let mut pkt = PacketBuf::new(&mut slot[..], 0, datagram.len());
+        self.handle_slot(datagram.len(), handle)
+    }
+
+    /// Runs `handle` on the datagram of `len` bytes just copied into the next slot.
+    fn handle_slot(&mut self, len: usize, handle: impl FnOnce(&mut PacketBuf<'_>) -> bool) -> bool {
+        let slot = &mut self.slots[self.used];
+        slot.resize(self.room.max(len), 0);
+        let mut pkt = PacketBuf::new(&mut slot[..], 0, len);
         if handle(&mut pkt) {
-            let queue = flow_queue(pkt.as_slice(), self.queues.len());
-            if self.answered.is_none() && answered_at_once(pkt.as_slice()) {
-                self.answered = Some(queue);
-            }
-            self.spans.push((pkt.start(), pkt.end(), queue));
+            let (start, end) = (pkt.start(), pkt.end());
+            self.keep(false, self.used, start, end);
+            self.used += 1;
         }
         self.spans.is_full()
+    }
+
+    fn keep(&mut self, rx: bool, buffer: usize, start: usize, end: usize) {
+        let p = if rx {
+            &self.rx[buffer][start..end]
+        } else {
+            &self.slots[buffer][start..end]
+        };
+        let queue = flow_queue(p, self.queues.len());
+        if self.answered.is_none() && answered_at_once(p) {
+            self.answered = Some(queue);
+        }
+        self.spans.push(Span {
+            rx,
+            buffer,
+            start,
+            end,
+            queue,
+        });
     }
 
     /// The queue of a packet pushed since the last call that the local kernel answers
@@ -455,29 +543,36 @@ impl TunWriter {
     /// refused are in the report.
     pub fn flush(&mut self) -> io::Result<WriteReport> {
         let mut total = WriteReport::default();
+        let mut result = Ok(());
         for (q, queue) in self.queues.iter().enumerate() {
             let packets: ArrayVec<&[u8], BATCH> = self
                 .spans
                 .iter()
-                .zip(&self.slots)
-                .filter(|((_, _, to), _)| *to == q)
-                .map(|(&(start, end, _), slot)| &slot[start..end])
+                .filter(|span| span.queue == q)
+                .map(|span| {
+                    let buffer = if span.rx {
+                        &self.rx[span.buffer]
+                    } else {
+                        &self.slots[span.buffer]
+                    };
+                    &buffer[span.start..span.end]
+                })
                 .collect();
             if packets.is_empty() {
                 continue;
             }
             self.gro.plan(&packets);
-            let report = self.gro.write(queue, &packets);
-            match report {
+            match self.gro.write(queue, &packets) {
                 Ok(r) => total.add(r),
                 Err(e) => {
-                    self.spans.clear();
-                    return Err(e);
+                    result = Err(e);
+                    break;
                 }
             }
         }
         self.spans.clear();
-        Ok(total)
+        self.used = 0;
+        result.map(|()| total)
     }
 }
 
@@ -517,9 +612,9 @@ pub async fn inbound(
     s: Arc<Shared>,
 ) -> io::Result<()> {
     let sock = register(s.udp.clone(), Interest::READABLE)?;
-    let mut out = TunWriter::new(&queues, s.slot_len());
+    let in_place = !s.fwd.pipeline().grows_inbound();
+    let mut out = TunWriter::new(&queues, s.slot_len(), (RX_BUFFERS, RX_BUFFER_LEN), in_place);
     let mut answers = Outgoing::new(&s, offload);
-    let mut rx: Vec<Vec<u8>> = (0..RX_BUFFERS).map(|_| vec![0u8; RX_BUFFER_LEN]).collect();
     let mut metas = [RecvMeta::default(); RX_BUFFERS];
 
     loop {
@@ -528,8 +623,11 @@ pub async fn inbound(
             () = s.cancel.cancelled() => return Ok(()),
             g = sock.readable() => g?,
         };
-        let mut iovs: ArrayVec<IoSliceMut<'_>, RX_BUFFERS> =
-            rx.iter_mut().map(|b| IoSliceMut::new(b)).collect();
+        let mut iovs: ArrayVec<IoSliceMut<'_>, RX_BUFFERS> = out
+            .rx_mut()
+            .iter_mut()
+            .map(|b| IoSliceMut::new(b))
+            .collect();
         let got = match guard.try_io(|fd| {
             s.udp_state
                 .recv(UdpSockRef::from(&**fd.get_ref()), &mut iovs, &mut metas)
@@ -550,11 +648,12 @@ pub async fn inbound(
 
         let now = Instant::now();
         let mut written = 0;
-        for (buf, meta) in rx.iter().zip(&metas[..got]) {
+        for (buffer, meta) in metas[..got].iter().enumerate() {
+            // A GRO train: datagrams of `stride` bytes back to back, the last one shorter.
             let stride = meta.stride.max(1);
             let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
-            for datagram in buf[..meta.len].chunks(stride) {
-                let full = out.push(datagram, |pkt| {
+            for at in (0..meta.len).step_by(stride) {
+                let full = out.push_received(buffer, at..meta.len.min(at + stride), |pkt| {
                     s.fwd.handle_udp(pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
                 });
                 if full {

@@ -299,8 +299,9 @@ fn the_flows_of_a_two_queue_tunnel_spread_over_both_outbound_threads() {
 
 /// UDP datagrams of one flow written to a real TUN device through [`TunWriter`]: all
 /// arrive, in order, intact; with USO on they are written as one superpacket, also when
-/// every slot is exactly one datagram long (the headers come from the writer, the
-/// payloads from the slots).
+/// every slot is exactly one datagram long, or when the datagrams lie back to back in a
+/// receive buffer and the chain ran on them there (the headers come from the writer,
+/// the payloads from where the packets are).
 #[test]
 fn coalesced_tun_writes_reach_a_socket_intact_even_from_slots_without_spare_room() {
     let Some(b) = bench("gro") else { return };
@@ -323,7 +324,14 @@ fn coalesced_tun_writes_reach_a_socket_intact_even_from_slots_without_spare_room
                         .unwrap()
                 };
                 let mut report = Vec::new();
-                for (round, spare_room) in [(0u8, true), (1, false)] {
+                // `push`ed into slots of an MTU; received (back to back in a receive
+                // buffer, as a GRO train) and copied into slots of exactly one full
+                // datagram; received, with the chain run on them in place.
+                for (round, spare_room, received, in_place) in [
+                    (0u8, true, false, false),
+                    (1, false, true, false),
+                    (2, false, true, true),
+                ] {
                     // 40 datagrams of 1000 bytes and a short last one, as a GRO train.
                     let payloads: Vec<Vec<u8>> = (0..41u8)
                         .map(|i| vec![round * 100 + i; if i == 40 { 300 } else { 1000 }])
@@ -332,11 +340,20 @@ fn coalesced_tun_writes_reach_a_socket_intact_even_from_slots_without_spare_room
                         .iter()
                         .map(|p| packets::udp_v4([10, 77, 0, 2], [10, 77, 0, 1], 9000, 7000, p))
                         .collect();
-                    // Slots of an MTU, or of exactly one full datagram.
                     let room = if spare_room { 1500 } else { pkts[0].len() };
-                    let mut out = TunWriter::new(&tun.queues, room);
-                    for p in &pkts {
-                        out.push(p, |_| true);
+                    let mut out = TunWriter::new(&tun.queues, room, (1, 65_536), in_place);
+                    if received {
+                        let train = pkts.concat();
+                        out.rx_mut()[0][..train.len()].copy_from_slice(&train);
+                        let mut at = 0;
+                        for p in &pkts {
+                            out.push_received(0, at..at + p.len(), |_| true);
+                            at += p.len();
+                        }
+                    } else {
+                        for p in &pkts {
+                            out.push(p, |_| true);
+                        }
                     }
                     let before = rx();
                     let r = out.flush().expect("write");

@@ -125,7 +125,7 @@ impl<'a> PacketBuf<'a> {
     pub fn append(&mut self, n: usize) -> &mut [u8] {
         assert!(
             n <= self.tailroom(),
-            "append({n}) with {} bytes of tail room: a stage adds more than its declared overhead",
+            "append({n}) with {} bytes of tail room: a stage adds more than its declared overhead, or grows an inbound packet and says it does not (Stage::grows_inbound)",
             self.tailroom()
         );
         self.end += n;

@@ -37,6 +37,7 @@ struct Slot {
 pub struct Pipeline {
     slots: Vec<Slot>,
     overhead: Overhead,
+    grows_inbound: bool,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -63,6 +64,7 @@ impl Pipeline {
     ) {
         let overhead = stage.overhead();
         self.overhead = self.overhead + overhead;
+        self.grows_inbound |= stage.grows_inbound();
         self.slots.push(Slot {
             type_name,
             label: label.into(),
@@ -86,6 +88,12 @@ impl Pipeline {
     /// Sum of the stages' declared overheads.
     pub fn overhead(&self) -> Overhead {
         self.overhead
+    }
+
+    /// Whether a stage may make an inbound packet longer than its datagram (see
+    /// [`Stage::grows_inbound`]); false for the passthrough chain.
+    pub fn grows_inbound(&self) -> bool {
+        self.grows_inbound
     }
 
     /// Runs `pkt` through the stages top to bottom.
@@ -314,6 +322,28 @@ mod tests {
         assert_eq!(snap[2].inbound.passed, 0);
         assert!(snap.iter().all(|s| s.outbound.passed == 1));
         assert_eq!(p.counters(0, Direction::Inbound).unwrap().passed, 0);
+    }
+
+    #[test]
+    fn one_stage_that_may_grow_inbound_packets_makes_the_chain_copy_them() {
+        assert!(!Pipeline::new().grows_inbound());
+        let mut p = Pipeline::new();
+        p.push(
+            "passthrough",
+            "passthrough",
+            Box::new(crate::stages::passthrough::Passthrough),
+        );
+        assert!(!p.grows_inbound());
+        // `Tag` keeps the default: it may.
+        p.push(
+            "tag",
+            "tag",
+            Box::new(Tag {
+                tag: 1,
+                log: std::sync::Arc::default(),
+            }),
+        );
+        assert!(p.grows_inbound());
     }
 
     #[test]

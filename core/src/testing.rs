@@ -19,7 +19,9 @@
 //!   every size up to the MTU, placed in buffers with *exactly* the declared head and tail
 //!   room, pass and come back (a stage that needs more than its
 //!   [`Overhead`](crate::Overhead) panics in `prepend`/`append`, one that gives up and
-//!   drops fails the check);
+//!   drops fails the check); a stage whose
+//!   [`grows_inbound`](crate::Stage::grows_inbound) is false must not make an inbound
+//!   packet longer than its datagram;
 //! - **more room than declared** ([`check_extra_room`](Conformance::check_extra_room)):
 //!   in a chain, a buffer has the room of *every* stage, at any offset. The stage must
 //!   still grow a packet by no more than it declared (a stage that pads "as far as the
@@ -393,7 +395,15 @@ impl Conformance {
         let front = 3 + extra.head;
         let mut storage = vec![0u8; front + wire.len() + self.mtu + extra.tail];
         let mut pkt = PacketBuf::with_data(&mut storage, front, &wire);
-        match rx.inbound(&mut pkt, &meta) {
+        let verdict = rx.inbound(&mut pkt, &meta);
+        assert!(
+            rx.grows_inbound() || pkt.end() <= front + wire.len(),
+            "inbound made a {}-byte datagram end {} bytes further, but the stage's \
+             grows_inbound() is false: the driver gives it no room behind the datagram",
+            wire.len(),
+            pkt.end() - (front + wire.len())
+        );
+        match verdict {
             Verdict::Pass => Ok(pkt.as_slice().to_vec()),
             other => Err(format!("the receiver's inbound said {other:?}")),
         }
@@ -779,11 +789,16 @@ mod tests {
         drops_keepalives: bool,
         /// Indexes the packet without a length check.
         trusts_input: bool,
+        /// Grows inbound packets by a byte, though `grows_inbound` says it does not.
+        grows_inbound_anyway: bool,
     }
 
     impl Stage for Trailer {
         fn overhead(&self) -> Overhead {
             Overhead::new(0, 2)
+        }
+        fn grows_inbound(&self) -> bool {
+            false
         }
         fn outbound(&self, pkt: &mut PacketBuf<'_>, _: &PacketMeta) -> Verdict {
             if self.drops_keepalives && pkt.is_empty() {
@@ -813,6 +828,9 @@ mod tests {
             }
             let pad = pkt.len() - len;
             let _ = pkt.strip_back(pad);
+            if self.grows_inbound_anyway {
+                pkt.append(3).fill(0);
+            }
             Verdict::Pass
         }
     }
@@ -831,6 +849,16 @@ mod tests {
     fn growing_past_the_declared_overhead_is_caught() {
         kit(|| Trailer {
             excess: 1,
+            ..Default::default()
+        })
+        .check_overhead();
+    }
+
+    #[test]
+    #[should_panic(expected = "grows_inbound() is false")]
+    fn growing_an_inbound_packet_after_promising_not_to_is_caught() {
+        kit(|| Trailer {
+            grows_inbound_anyway: true,
             ..Default::default()
         })
         .check_overhead();

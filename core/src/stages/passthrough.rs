@@ -21,7 +21,11 @@ pub struct PassthroughConfig {}
 #[derive(Debug, Default)]
 pub struct Passthrough;
 
-impl Stage for Passthrough {}
+impl Stage for Passthrough {
+    fn grows_inbound(&self) -> bool {
+        false
+    }
+}
 
 impl StageConfig for PassthroughConfig {
     const TYPE: &'static str = "passthrough";

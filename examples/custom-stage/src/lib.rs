@@ -383,6 +383,11 @@ impl Stage for Pcap {
     // No `overhead`: the tap never changes a packet, so it keeps the default
     // `Overhead::NONE` and costs no MTU.
 
+    /// Nor does it grow inbound packets: the chain may run where the datagrams landed.
+    fn grows_inbound(&self) -> bool {
+        false
+    }
+
     fn outbound(&self, pkt: &mut PacketBuf<'_>, meta: &PacketMeta) -> Verdict {
         self.tap(pkt, meta, Direction::Outbound);
         Verdict::Pass

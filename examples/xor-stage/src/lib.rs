@@ -39,6 +39,11 @@ impl StageConfig for XorConfig {
 impl Stage for Xor {
     // No `overhead()`: packets keep their size, so the default (none) is right.
 
+    /// Packets keep their size on the way in too (see `Stage::grows_inbound`).
+    fn grows_inbound(&self) -> bool {
+        false
+    }
+
     fn outbound(&self, pkt: &mut PacketBuf<'_>, _meta: &PacketMeta) -> Verdict {
         pkt.as_mut_slice().iter_mut().for_each(|b| *b ^= self.key);
         Verdict::Pass

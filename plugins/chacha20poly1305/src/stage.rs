@@ -496,6 +496,11 @@ impl Stage for Chacha20Poly1305 {
         Overhead::new(HEADER_LEN, TAG_LEN)
     }
 
+    /// Opening takes the header and the tag off: a packet only shrinks.
+    fn grows_inbound(&self) -> bool {
+        false
+    }
+
     fn outbound(&self, pkt: &mut PacketBuf<'_>, _meta: &PacketMeta) -> Verdict {
         // Bounded: each round either seals or starts a new session; a second failure to
         // start one means the RNG is broken.

@@ -280,6 +280,11 @@ const DIRECTIONS: [Direction; 2] = [Direction::Outbound, Direction::Inbound];
 const GARBAGE_WARNING_THRESHOLD: u64 = 16;
 
 impl Stage for Filter {
+    /// The filter only reads packets.
+    fn grows_inbound(&self) -> bool {
+        false
+    }
+
     fn outbound(&self, pkt: &mut PacketBuf<'_>, _meta: &PacketMeta) -> Verdict {
         self.handle(Direction::Outbound, pkt.as_slice())
     }

@@ -256,6 +256,11 @@ impl Stats {
 }
 
 impl Stage for Stats {
+    /// Counting only reads packets.
+    fn grows_inbound(&self) -> bool {
+        false
+    }
+
     #[inline]
     fn outbound(&self, pkt: &mut PacketBuf<'_>, _meta: &PacketMeta) -> Verdict {
         self.outbound.count(pkt.len());
