@@ -297,12 +297,13 @@ fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) 
         src_ip: to.local_ip,
     };
     match send_transmit(s, &transmit) {
-        Ok(()) => {
+        Ok(Sent::Yes) => {
             let c = s.fwd.counters();
             c.udp_tx_datagrams.add(run.count as u64);
             c.udp_tx_bytes.add(run.bytes as u64);
             Ok(())
         }
+        Ok(Sent::Stopping) => Ok(()),
         Err(e) if is_fatal(&e) => Err(e),
         Err(e) if transmit.segment_size.is_some() && s.udp_state.max_gso_segments() == 1 => {
             // The kernel or the NIC refused GSO (EIO): quinn-udp has switched it off for
@@ -314,12 +315,16 @@ fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) 
                     segment_size: None,
                     ..transmit
                 };
-                if let Err(e) = send_transmit(s, &single) {
-                    s.fwd.counters().udp_send_errors.inc();
-                    s.log_error("UDP send failed", &e);
-                } else {
-                    s.fwd.counters().udp_tx_datagrams.inc();
-                    s.fwd.counters().udp_tx_bytes.add(chunk.len() as u64);
+                match send_transmit(s, &single) {
+                    Ok(Sent::Yes) => {
+                        s.fwd.counters().udp_tx_datagrams.inc();
+                        s.fwd.counters().udp_tx_bytes.add(chunk.len() as u64);
+                    }
+                    Ok(Sent::Stopping) => break,
+                    Err(e) => {
+                        s.fwd.counters().udp_send_errors.inc();
+                        s.log_error("UDP send failed", &e);
+                    }
                 }
             }
             Ok(())
@@ -349,13 +354,14 @@ const SEND_WAIT_MS: u8 = 100;
 /// writability there gets an event for every datagram the kernel frees, and a thread
 /// that only sends (the inbound thread's answers) would be woken by the other threads'
 /// sends. A full socket buffer is the only case that waits.
-fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<()> {
+fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<Sent> {
     loop {
         match s.udp_state.try_send(UdpSockRef::from(&*s.udp), t) {
+            Ok(()) => return Ok(Sent::Yes),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if s.cancel.is_cancelled() {
-                    return Ok(());
+                    return Ok(Sent::Stopping);
                 }
                 let mut fds = [PollFd::new(s.udp.as_fd(), PollFlags::POLLOUT)];
                 match poll(&mut fds, PollTimeout::from(SEND_WAIT_MS)) {
@@ -363,9 +369,17 @@ fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<()> {
                     Err(e) => return Err(e.into()),
                 }
             }
-            result => return result,
+            Err(e) => return Err(e),
         }
     }
+}
+
+/// What became of a transmit that did not fail.
+enum Sent {
+    /// The kernel took it.
+    Yes,
+    /// Abandoned while waiting for room in the socket buffer: the tunnel is stopping.
+    Stopping,
 }
 
 // ===== inbound: peer -> TUN =====
