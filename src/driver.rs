@@ -48,7 +48,7 @@ use crate::batch::{Datagram, GsoLimits, Run, plan_runs};
 use crate::device::GSO_MAX_SEGS;
 use crate::gro::{Coalescer, WriteReport, answered_at_once, flow_queue};
 
-/// Packets per batch (slots of one MTU each), in both directions.
+/// Packets per batch, in both directions (outbound: slots of one MTU each).
 pub const BATCH: usize = 128;
 const _: () = assert!(BATCH <= crate::gro::MAX_PACKETS);
 /// Receive buffers per `recvmmsg`.

@@ -6,7 +6,7 @@
 //! module plans those writes for a batch, the way Linux's GRO and wireguard-go's
 //! `tcpGRO` do, and [`Coalescer::write`] performs them with gathered writes (`writev`):
 //! the rewritten headers from a small buffer, then the payload of every segment straight
-//! from the slot it arrived in. Nothing is copied and nothing is allocated per packet
+//! from where it is (the receive buffer, or the slot it was copied to). Nothing is copied and nothing is allocated per packet
 //! (`tun-rs`'s own GRO copies every packet into a fresh `Vec` and needs each slot to be
 //! 64 KiB; measured here it cost 12% more CPU and 8 MiB more memory per end).
 //!
@@ -168,7 +168,11 @@ pub fn answered_at_once(p: &[u8]) -> bool {
 /// The flow is the pair of addresses, the protocol and, for TCP and UDP packets that
 /// are not fragments, the pair of ports; the pairs are combined symmetrically (a
 /// packet and its answer are one flow). Anything that is not IPv4 or IPv6 goes to
-/// queue 0.
+/// queue 0. So the fragments of a datagram share a queue, but not necessarily the
+/// queue of the same flow's unfragmented datagrams, and an IPv6 packet with extension
+/// headers is hashed by its first one: such packets of one flow may be written on
+/// two queues and reach the host in another order than they came (UDP allows it;
+/// TCP is not fragmented and rarely carries extension headers).
 pub fn flow_queue(p: &[u8], queues: usize) -> usize {
     if queues <= 1 {
         return 0;

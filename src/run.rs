@@ -291,7 +291,9 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
 
 type ThreadExit = (String, std::io::Result<()>);
 
-/// Starts a driver thread that reports how it ended on `exits`.
+/// Starts a driver thread that reports how it ended on `exits`, also when it panics
+/// (a bug: a stage that breaks its promises, say), so that the tunnel stops with an
+/// error instead of running on with one direction dead.
 fn spawn_worker<F, Fut>(
     name: String,
     exits: &tokio::sync::mpsc::UnboundedSender<ThreadExit>,
@@ -301,14 +303,40 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = std::io::Result<()>>,
 {
-    let tx = exits.clone();
-    let thread_name = name.clone();
+    let report = ExitReport {
+        exits: Some(exits.clone()),
+        name: name.clone(),
+    };
     driver::spawn_thread(name, move || async move {
         let result = job().await;
-        let _ = tx.send((thread_name, result));
+        report.send(result);
         Ok(())
     })
     .map_err(|e| Failure::Runtime(format!("cannot start a thread: {e}")))
+}
+
+/// Reports how a driver thread ended; dropped unsent (the thread unwinds from a
+/// panic), it reports the panic.
+struct ExitReport {
+    exits: Option<tokio::sync::mpsc::UnboundedSender<ThreadExit>>,
+    name: String,
+}
+
+impl ExitReport {
+    fn send(mut self, result: std::io::Result<()>) {
+        if let Some(tx) = self.exits.take() {
+            let _ = tx.send((std::mem::take(&mut self.name), result));
+        }
+    }
+}
+
+impl Drop for ExitReport {
+    fn drop(&mut self) {
+        if let Some(tx) = self.exits.take() {
+            let e = std::io::Error::other("panicked (a bug; the message is above)");
+            let _ = tx.send((std::mem::take(&mut self.name), Err(e)));
+        }
+    }
 }
 
 /// Keeps the MTU of a dual-stack listener right for the family of its current peer:
@@ -426,4 +454,34 @@ pub fn summary(snap: &lametun_core::TunnelSnapshot) -> String {
         ));
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_driver_thread_that_panics_is_reported_so_the_tunnel_stops() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let ok = spawn_worker("fine".into(), &tx, || async { Ok(()) }).unwrap();
+        let bad = spawn_worker("broken".into(), &tx, || async {
+            panic!("a stage broke its promise");
+        })
+        .unwrap();
+        let _ = ok.join();
+        assert!(bad.join().is_err(), "the thread panicked");
+        let mut exits: Vec<(String, String)> = (0..2)
+            .map(|_| {
+                let (name, result) = rx.try_recv().expect("every thread reports its end");
+                (
+                    name,
+                    result.err().map(|e| e.to_string()).unwrap_or_default(),
+                )
+            })
+            .collect();
+        exits.sort();
+        assert_eq!(exits[0].0, "broken");
+        assert!(exits[0].1.contains("panicked"), "{:?}", exits[0]);
+        assert_eq!(exits[1], ("fine".to_owned(), String::new()));
+    }
 }

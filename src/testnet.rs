@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -357,6 +357,20 @@ impl Bench {
         bytes: usize,
         timeout: Duration,
     ) -> io::Result<Transfer> {
+        self.tcp_transfer_from(server, listen, client, None, bytes, timeout)
+    }
+
+    /// [`tcp_transfer`](Self::tcp_transfer) from source port `port` of the client
+    /// (`None`: any).
+    pub fn tcp_transfer_from(
+        &self,
+        server: Side,
+        listen: SocketAddr,
+        client: Side,
+        port: Option<u16>,
+        bytes: usize,
+        timeout: Duration,
+    ) -> io::Result<Transfer> {
         let server_ns = self.ns(server);
         let client_ns = self.ns(client);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -396,7 +410,25 @@ impl Bench {
         let started = Instant::now();
         let sender = std::thread::spawn(move || -> io::Result<[u8; 32]> {
             enter_netns(&client_ns)?;
-            let mut stream = TcpStream::connect_timeout(&listen, timeout)?;
+            let mut stream = match port {
+                None => TcpStream::connect_timeout(&listen, timeout)?,
+                Some(port) => {
+                    let socket = socket2::Socket::new(
+                        socket2::Domain::for_address(listen),
+                        socket2::Type::STREAM,
+                        None,
+                    )?;
+                    socket.set_reuse_address(true)?;
+                    let any: IpAddr = if listen.is_ipv4() {
+                        Ipv4Addr::UNSPECIFIED.into()
+                    } else {
+                        Ipv6Addr::UNSPECIFIED.into()
+                    };
+                    socket.bind(&SocketAddr::new(any, port).into())?;
+                    socket.connect_timeout(&listen.into(), timeout)?;
+                    socket.into()
+                }
+            };
             stream.set_write_timeout(Some(timeout))?;
             let mut rng = lametun_core::testing::Rng::new(0x7cb_5eed);
             let mut hash = ring::digest::Context::new(&ring::digest::SHA256);

@@ -198,7 +198,7 @@
 //! | method | called | for |
 //! |---|---|---|
 //! | [`overhead`](crate::Stage::overhead) | once, when the chain is built | bytes the stage may add (MTU, buffer room) |
-//! | [`grows_inbound`](crate::Stage::grows_inbound) | once, when the driver starts | whether `inbound` may lengthen a packet (else no copy) |
+//! | [`grows_inbound`](crate::Stage::grows_inbound) | once, when the chain is built | whether `inbound` may `append` (else no copy) |
 //! | [`outbound`](crate::Stage::outbound) | per packet, TUN → peer | look, change, wrap, drop |
 //! | [`inbound`](crate::Stage::inbound) | per datagram, peer → TUN | look, change, unwrap, drop |
 //! | [`on_tick`](crate::Stage::on_tick) | about once a second | timers, aging, reports |
@@ -257,8 +257,9 @@
 //!   1000 bytes of MTU: the declaration is static.
 //! - **Inbound, shrink**: take off what `outbound` added with `strip_front` and
 //!   `strip_back`, which return `None` (a drop, not a panic) when the datagram is too
-//!   short. A stage that never makes an inbound packet longer than its datagram says
-//!   so: `fn grows_inbound(&self) -> bool { false }`, and the driver runs the chain on
+//!   short. A stage whose `inbound` never appends (never moves the end of the packet
+//!   further back than where it got it) says so:
+//!   `fn grows_inbound(&self) -> bool { false }`, and the driver runs the chain on
 //!   the datagrams where the socket received them, with no room behind them (one copy
 //!   per packet saved). A stage that grows packets on the way in (decompression) keeps
 //!   the default, `true`, and may `append` up to the MTU; there is no head room to
@@ -466,7 +467,7 @@
 //!   nothing in a dry run.
 //! - [ ] `overhead` is the worst case; `outbound` never adds more, whatever the room.
 //! - [ ] `inbound` checks every length; bad input is a drop with a specific reason.
-//! - [ ] `grows_inbound` is `false` unless `inbound` may lengthen a packet.
+//! - [ ] `grows_inbound` is `false` unless `inbound` may `append`.
 //! - [ ] The empty packet passes both ways.
 //! - [ ] No IO, no clock, no blocking, no per-packet logging in the packet path.
 //! - [ ] `register_stage!` once; every binary and integration test that needs the stage

@@ -28,6 +28,7 @@ struct Slot {
     label: String,
     stage: Box<dyn Stage>,
     overhead: Overhead,
+    grows_inbound: bool,
     outbound: PassDropCounters,
     inbound: PassDropCounters,
 }
@@ -64,12 +65,14 @@ impl Pipeline {
     ) {
         let overhead = stage.overhead();
         self.overhead = self.overhead + overhead;
-        self.grows_inbound |= stage.grows_inbound();
+        let grows_inbound = stage.grows_inbound();
+        self.grows_inbound |= grows_inbound;
         self.slots.push(Slot {
             type_name,
             label: label.into(),
             stage,
             overhead,
+            grows_inbound,
             outbound: PassDropCounters::default(),
             inbound: PassDropCounters::default(),
         });
@@ -130,7 +133,16 @@ impl Pipeline {
     #[inline]
     pub fn inbound(&self, pkt: &mut PacketBuf<'_>, meta: &PacketMeta) -> Result<(), Dropped> {
         for (i, slot) in self.slots.iter().enumerate().rev() {
-            match slot.stage.inbound(pkt, meta) {
+            let end = pkt.end();
+            let verdict = slot.stage.inbound(pkt, meta);
+            debug_assert!(
+                slot.grows_inbound || pkt.end() <= end,
+                "stage {} moved the end of an inbound packet {} bytes further, but its \
+                 grows_inbound() is false",
+                slot.label,
+                pkt.end().saturating_sub(end)
+            );
+            match verdict {
                 Verdict::Pass => slot.inbound.pass(),
                 Verdict::Drop(reason) => {
                     slot.inbound.drop_for(reason);

@@ -252,16 +252,19 @@ pub trait Stage: Send + Sync + 'static {
         Overhead::NONE
     }
 
-    /// Whether [`inbound`](Self::inbound) may make a packet longer than the datagram it
-    /// arrived in (decompression, which may `append` up to the MTU).
+    /// Whether [`inbound`](Self::inbound) may move the end of a packet further back than
+    /// where it was when the stage got it, i.e. `append` (decompression, which may grow
+    /// a packet up to the MTU).
     ///
     /// The default is `true`: the driver then copies every received datagram into a
     /// buffer with that room before the chain runs. A stage that only looks at packets,
-    /// changes them in place or shrinks them (decryption) returns `false`; when every
-    /// stage of the chain does, the chain runs on the datagrams where the socket put
-    /// them, and a copy of every packet is saved (2-5% of the CPU per byte, measured
-    /// here). There is then no room behind the packet: `append` would panic. The
-    /// conformance kit checks the promise.
+    /// changes them in place or strips bytes (decryption) returns `false`. The promise
+    /// is about the end of the packet: a stage that strips a header in front and
+    /// appends as many bytes behind still grows it. When every stage of the chain
+    /// promises it, the chain runs on the datagrams where the socket put them, and a
+    /// copy of every packet is saved (2-5% of the CPU per byte, measured here). There is
+    /// then no room behind the packet: `append` panics. The conformance kit checks the
+    /// promise, and debug builds check it after every stage.
     fn grows_inbound(&self) -> bool {
         true
     }

@@ -537,9 +537,7 @@ impl Conformance {
             };
             let mut data = vec![0u8; len];
             rng.fill(&mut data);
-            let mut pkt = PacketBuf::with_data(&mut storage, oh.head, &data);
-            let _ = self.b.inbound(&mut pkt, &self.meta(i as u64));
-            assert!(pkt.end() <= storage.len());
+            self.hostile_inbound(&mut storage, oh.head, &data, i as u64);
             if len <= self.mtu {
                 let mut pkt = PacketBuf::with_data(&mut storage, oh.head, &data);
                 let _ = self.a.outbound(&mut pkt, &self.meta(i as u64));
@@ -556,16 +554,30 @@ impl Conformance {
             }
             let wire = pkt.as_slice().to_vec();
             for cut in 0..wire.len() {
-                let mut pkt = PacketBuf::with_data(&mut storage, 0, &wire[..cut]);
-                let _ = self.b.inbound(&mut pkt, &self.meta(cut as u64));
+                self.hostile_inbound(&mut storage, 0, &wire[..cut], cut as u64);
             }
             let mut flipped = wire.clone();
             for bit in (0..wire.len() * 8).step_by(7).take(400) {
                 flipped.copy_from_slice(&wire);
                 flipped[bit / 8] ^= 1 << (bit % 8);
-                let mut pkt = PacketBuf::with_data(&mut storage, 0, &flipped);
-                let _ = self.b.inbound(&mut pkt, &self.meta(bit as u64));
+                self.hostile_inbound(&mut storage, 0, &flipped, bit as u64);
             }
+        }
+    }
+
+    /// Feeds `data` to `b`'s `inbound` at offset `at` of `storage`, or, for a stage
+    /// whose `grows_inbound()` is false, in a buffer that ends where `data` does (as the
+    /// driver runs such chains): growing there panics, also on input no genuine peer
+    /// sends.
+    fn hostile_inbound(&self, storage: &mut [u8], at: usize, data: &[u8], step: u64) {
+        if self.b.grows_inbound() {
+            let mut pkt = PacketBuf::with_data(storage, at, data);
+            let _ = self.b.inbound(&mut pkt, &self.meta(step));
+            assert!(pkt.end() <= storage.len());
+        } else {
+            let exact = &mut storage[..at + data.len()];
+            let mut pkt = PacketBuf::with_data(exact, at, data);
+            let _ = self.b.inbound(&mut pkt, &self.meta(step));
         }
     }
 
@@ -791,6 +803,8 @@ mod tests {
         trusts_input: bool,
         /// Grows inbound packets by a byte, though `grows_inbound` says it does not.
         grows_inbound_anyway: bool,
+        /// The same, but only on datagrams too short to carry the trailer.
+        grows_on_garbage: bool,
     }
 
     impl Stage for Trailer {
@@ -818,6 +832,9 @@ mod tests {
         fn inbound(&self, pkt: &mut PacketBuf<'_>, _: &PacketMeta) -> Verdict {
             if self.trusts_input {
                 let _ = pkt.as_slice()[1];
+            }
+            if self.grows_on_garbage && pkt.len() < 2 {
+                pkt.append(1).fill(0);
             }
             let Some(t) = pkt.strip_back(2) else {
                 return Verdict::Drop(DropReason::TooShort);
@@ -862,6 +879,17 @@ mod tests {
             ..Default::default()
         })
         .check_overhead();
+    }
+
+    #[test]
+    #[should_panic(expected = "Stage::grows_inbound")]
+    fn growing_an_inbound_packet_only_on_garbage_is_caught_too() {
+        let kit = kit(|| Trailer {
+            grows_on_garbage: true,
+            ..Default::default()
+        });
+        kit.check_overhead(); // genuine datagrams never take that path
+        kit.check_hostile_input(100);
     }
 
     #[test]
