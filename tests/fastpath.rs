@@ -12,7 +12,7 @@ use lametun::testnet::{self, Bench, SERVER_TUN, SERVER_TUN6, Side};
 use lametun_core::testing::packets;
 
 use crate::encrypted;
-use crate::netns::{bench, start_pair, tcp_intact};
+use crate::netns::{bench, start_pair, tcp_intact, tcp_intact_from};
 
 /// One datagram of the mixed-size streams: its index, then a pattern of its own.
 fn datagram(i: u32, size: usize) -> Vec<u8> {
@@ -303,17 +303,7 @@ fn the_flows_of_a_two_queue_tunnel_spread_over_both_outbound_threads() {
             .map(|&(server, port)| {
                 scope.spawn(move || {
                     let to = testnet::addr(SERVER_TUN, server);
-                    let t = b
-                        .tcp_transfer_from(
-                            Side::Server,
-                            to,
-                            Side::Client,
-                            Some(port),
-                            each,
-                            Duration::from_secs(60),
-                        )
-                        .unwrap();
-                    assert!(t.intact(), "flow {port} -> {server}: SHA-256 differs");
+                    tcp_intact_from(b, Side::Server, to, Some(port), each)
                 })
             })
             .collect();

@@ -35,12 +35,30 @@ const CLIENT_CIDR6: &str = "fd31::7/64";
 /// Sends `bytes` over TCP to a listener on `listen` in `receiver`'s namespace from the
 /// other namespace, and checks by SHA-256 that they arrived intact.
 pub(crate) fn tcp_intact(b: &Bench, receiver: Side, listen: SocketAddr, bytes: usize) -> Transfer {
+    tcp_intact_from(b, receiver, listen, None, bytes)
+}
+
+/// [`tcp_intact`] from source port `port` of the sender (`None`: any).
+pub(crate) fn tcp_intact_from(
+    b: &Bench,
+    receiver: Side,
+    listen: SocketAddr,
+    port: Option<u16>,
+    bytes: usize,
+) -> Transfer {
     let sender = match receiver {
         Side::Server => Side::Client,
         Side::Client => Side::Server,
     };
     let t = b
-        .tcp_transfer(receiver, listen, sender, bytes, Duration::from_secs(60))
+        .tcp_transfer_from(
+            receiver,
+            listen,
+            sender,
+            port,
+            bytes,
+            Duration::from_secs(60),
+        )
         .unwrap();
     assert!(
         t.intact(),
