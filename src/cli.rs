@@ -106,7 +106,8 @@ pub struct Cli {
     /// Keepalive interval, e.g. 25s, or "off".
     #[arg(long, value_name = "DURATION")]
     pub keepalive: Option<String>,
-    /// Number of TUN queues and worker threads ("auto" or a number).
+    /// Number of workers: TUN queues and sockets, each with a sending and a receiving
+    /// thread ("auto" or a number).
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
     /// Turn off TUN and UDP offloads (TSO/GRO, GSO/GRO).

@@ -1,16 +1,26 @@
-//! The driver: the only code where packets meet the TUN device and the socket.
+//! The driver: the only code where packets meet the TUN device and the sockets.
 //!
 //! The article's two goroutines become threads, each with its own single-threaded tokio
-//! runtime (so an event wakes the thread that waits for it, never another core):
+//! runtime (so an event wakes the thread that waits for it, never another core). Each
+//! worker *i* has TUN queue *i*, socket *i* (path *i* of the forwarder) and two threads:
 //!
 //! ```text
-//!  outbound, one thread per TUN queue:
-//!    TUN queue ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► peer
-//!  inbound, one thread:
-//!    peer ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
+//!  outbound, lametun-out<i>:
+//!    TUN queue i ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► socket i
+//!  inbound, lametun-in<i>:
+//!    socket i ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
 //!      │                                    each flow on its own queue (flow_queue)
-//!      └─ after a small batch the kernel answers at once: one read of that TUN queue ──► peer
+//!      └─ after a small batch the kernel answers at once: one read of that TUN queue ──► socket i
 //! ```
+//!
+//! How the datagrams of a flow keep to one worker at both ends: the kernel queues a
+//! flow's outgoing packets on the TUN queue its packets were last written on, and the
+//! inbound threads write each flow on the queue [`flow_queue`] picks, so one outbound
+//! thread sends the flow, from one socket. A listener's sockets share its port, and the
+//! kernel hands each datagram to the socket of its source port (see
+//! [`bind_paths`](crate::udp::bind_paths)), so one inbound thread receives it. The
+//! answers leave from the socket of the queue they are read from, to the address that
+//! path learned (`Forwarder::peer_for`).
 //!
 //! Both move batches. A TUN read with offloads on returns a TCP "superpacket" of up to
 //! 64 KiB, which `tun-rs` splits into MTU-sized packets; the thread keeps reading until
@@ -28,7 +38,6 @@
 
 use std::future::Future;
 use std::io::{self, IoSliceMut};
-use std::net::UdpSocket;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -38,7 +47,7 @@ use arrayvec::ArrayVec;
 use lametun_core::ratelimit::{LogLimiter, LogPermit};
 use lametun_core::{Forwarder, Outcome, PacketBuf};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +56,7 @@ use tun_rs::{SyncDevice, VIRTIO_NET_HDR_LEN};
 use crate::batch::{Datagram, GsoLimits, Run, plan_runs};
 use crate::device::GSO_MAX_SEGS;
 use crate::gro::{Coalescer, WriteReport, answered_at_once, flow_queue};
+use crate::udp::Udp;
 
 /// Packets per batch, in both directions (outbound: slots of one MTU each).
 pub const BATCH: usize = 128;
@@ -63,12 +73,9 @@ const SUPERPACKET_LEN: usize = VIRTIO_NET_HDR_LEN + 65_535;
 pub struct Shared {
     /// The tunnel logic.
     pub fwd: Arc<Forwarder>,
-    /// The tunnel socket.
-    pub udp: Arc<UdpSocket>,
-    /// Its quinn-udp state.
-    pub udp_state: Arc<UdpSocketState>,
-    /// Whether to use UDP GSO for sends.
-    pub gso: bool,
+    /// The tunnel's sockets, one per path: outbound thread *i* sends on socket *i*, and
+    /// inbound thread *i* receives on it (and sends its answers there).
+    pub sockets: Vec<Udp>,
     /// The TUN MTU: the largest inner packet.
     pub mtu: usize,
     /// Cancelled to stop every thread.
@@ -212,13 +219,14 @@ impl Outgoing {
     }
 
     /// Runs the first `n` packets through the chain and sends the datagrams they
-    /// become, in as few GSO sends as their sizes and destinations allow.
-    fn send(&mut self, n: usize, s: &Shared) -> io::Result<()> {
+    /// become on path `path`, in as few GSO sends as their sizes and destinations allow.
+    fn send(&mut self, n: usize, s: &Shared, path: usize) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
         let now = Instant::now();
-        let peer = s.fwd.peer();
+        let peer = s.fwd.peer_for(path, now);
+        let udp = &s.sockets[path];
         self.datagrams.clear();
         for (i, &size) in self.sizes[..n].iter().enumerate() {
             let base = i * self.stride;
@@ -235,8 +243,8 @@ impl Outgoing {
             return Ok(());
         }
         let limits = GsoLimits {
-            max_segments: if s.gso {
-                s.udp_state.max_gso_segments().max(1)
+            max_segments: if udp.gso {
+                udp.state.max_gso_segments().max(1)
             } else {
                 1
             },
@@ -256,15 +264,21 @@ impl Outgoing {
                 }
                 &self.gso_buf[..at]
             };
-            send_run(s, first.to, contents, run)?;
+            send_run(s, udp, first.to, contents, run)?;
         }
         s.fwd.note_sent(now);
         Ok(())
     }
 }
 
-/// Reads packets from one TUN queue and sends them to the peer until cancelled.
-pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> io::Result<()> {
+/// Reads packets from one TUN queue and sends them to the peer on path `path` until
+/// cancelled.
+pub async fn outbound(
+    path: usize,
+    queue: Arc<SyncDevice>,
+    offload: bool,
+    s: Arc<Shared>,
+) -> io::Result<()> {
     let tun = register(queue, Interest::READABLE)?;
     let mut out = Outgoing::new(&s, offload);
     loop {
@@ -280,7 +294,7 @@ pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> 
             guard.clear_ready();
         }
         drop(guard);
-        let sent = read.and_then(|(n, _)| out.send(n, &s));
+        let sent = read.and_then(|(n, _)| out.send(n, &s, path));
         s.sending.fetch_sub(1, Ordering::Relaxed);
         sent?;
     }
@@ -288,7 +302,13 @@ pub async fn outbound(queue: Arc<SyncDevice>, offload: bool, s: Arc<Shared>) -> 
 
 /// Sends one run (one datagram, or several with GSO), waiting while the socket buffer
 /// is full. Errors other than a dead socket drop the run and are counted.
-fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) -> io::Result<()> {
+fn send_run(
+    s: &Shared,
+    udp: &Udp,
+    to: lametun_core::Endpoint,
+    contents: &[u8],
+    run: &Run,
+) -> io::Result<()> {
     let transmit = Transmit {
         destination: to.addr,
         ecn: None,
@@ -296,7 +316,7 @@ fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) 
         segment_size: (run.count > 1).then_some(run.segment),
         src_ip: to.local_ip,
     };
-    match send_transmit(s, &transmit) {
+    match send_transmit(s, udp, &transmit) {
         Ok(Sent::Yes) => {
             let c = s.fwd.counters();
             c.udp_tx_datagrams.add(run.count as u64);
@@ -305,7 +325,7 @@ fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) 
         }
         Ok(Sent::Stopping) => Ok(()),
         Err(e) if is_fatal(&e) => Err(e),
-        Err(e) if transmit.segment_size.is_some() && s.udp_state.max_gso_segments() == 1 => {
+        Err(e) if transmit.segment_size.is_some() && udp.state.max_gso_segments() == 1 => {
             // The kernel or the NIC refused GSO (EIO): quinn-udp has switched it off for
             // this socket; send this run's datagrams one by one.
             tracing::info!(error = %e, "UDP GSO refused by the kernel; sending datagrams one by one from now on");
@@ -315,7 +335,7 @@ fn send_run(s: &Shared, to: lametun_core::Endpoint, contents: &[u8], run: &Run) 
                     segment_size: None,
                     ..transmit
                 };
-                match send_transmit(s, &single) {
+                match send_transmit(s, udp, &single) {
                     Ok(Sent::Yes) => {
                         s.fwd.counters().udp_tx_datagrams.inc();
                         s.fwd.counters().udp_tx_bytes.add(chunk.len() as u64);
@@ -354,16 +374,16 @@ const SEND_WAIT_MS: u8 = 100;
 /// writability there gets an event for every datagram the kernel frees, and a thread
 /// that only sends (the inbound thread's answers) would be woken by the other threads'
 /// sends. A full socket buffer is the only case that waits.
-fn send_transmit(s: &Shared, t: &Transmit<'_>) -> io::Result<Sent> {
+fn send_transmit(s: &Shared, udp: &Udp, t: &Transmit<'_>) -> io::Result<Sent> {
     loop {
-        match s.udp_state.try_send(UdpSockRef::from(&*s.udp), t) {
+        match udp.state.try_send(UdpSockRef::from(&*udp.socket), t) {
             Ok(()) => return Ok(Sent::Yes),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 if s.cancel.is_cancelled() {
                     return Ok(Sent::Stopping);
                 }
-                let mut fds = [PollFd::new(s.udp.as_fd(), PollFlags::POLLOUT)];
+                let mut fds = [PollFd::new(udp.socket.as_fd(), PollFlags::POLLOUT)];
                 match poll(&mut fds, PollTimeout::from(SEND_WAIT_MS)) {
                     Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => return Err(e.into()),
@@ -598,7 +618,8 @@ impl TunWriter {
 /// a light tunnel (ping, interactive sessions, requests).
 pub const ANSWER_BATCH: usize = 2;
 
-/// Receives datagrams and writes the packets they carry to the TUN device until cancelled.
+/// Receives datagrams on path `path` and writes the packets they carry to the TUN
+/// device until cancelled.
 ///
 /// When a batch held packets the local kernel may answer inside the write (an echo
 /// request, TCP data the host ACKs at once: see [`answered_at_once`]), the answer is in
@@ -621,11 +642,13 @@ pub const ANSWER_BATCH: usize = 2;
 /// which makes the kernel queue the flow's packets the other way on that same queue, so
 /// the flows spread over the outbound threads (see [`flow_queue`]).
 pub async fn inbound(
+    path: usize,
     queues: Vec<Arc<SyncDevice>>,
     offload: bool,
     s: Arc<Shared>,
 ) -> io::Result<()> {
-    let sock = register(s.udp.clone(), Interest::READABLE)?;
+    let udp = &s.sockets[path];
+    let sock = register(udp.socket.clone(), Interest::READABLE)?;
     let in_place = !s.fwd.pipeline().grows_inbound();
     let mut out = TunWriter::new(&queues, s.slot_len(), (RX_BUFFERS, RX_BUFFER_LEN), in_place);
     let mut answers = Outgoing::new(&s, offload);
@@ -643,7 +666,7 @@ pub async fn inbound(
             .map(|b| IoSliceMut::new(b))
             .collect();
         let got = match guard.try_io(|fd| {
-            s.udp_state
+            udp.state
                 .recv(UdpSockRef::from(&**fd.get_ref()), &mut iovs, &mut metas)
         }) {
             Ok(Ok(n)) => n,
@@ -668,7 +691,7 @@ pub async fn inbound(
             let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
             for at in (0..meta.len).step_by(stride) {
                 let full = out.push_received(buffer, at..meta.len.min(at + stride), |pkt| {
-                    s.fwd.handle_udp(pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
+                    s.fwd.handle_udp_on(path, pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
                 });
                 if full {
                     written += write_tun(&mut out, &s)?;
@@ -683,7 +706,7 @@ pub async fn inbound(
             && s.sending.load(Ordering::Relaxed) == 0
         {
             let (n, _) = answers.read(queue, 1, &s)?;
-            answers.send(n, &s)?;
+            answers.send(n, &s, path)?;
         }
     }
 }

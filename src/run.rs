@@ -192,7 +192,13 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
     let workers = config.io.workers.resolve(cpus);
     let tun = device::open(&config.device.name, workers, config.io.offload)?;
     device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
-    let udp = udp::bind(ends.bind, config.io.socket_buffer, config.io.offload)?;
+    // One socket per TUN queue: each worker sends and receives on its own (a path).
+    let sockets = udp::bind_paths(
+        ends.bind,
+        tun.queues.len(),
+        config.io.socket_buffer,
+        config.io.offload,
+    )?;
     tracing::info!(
         "{}: MTU {mtu} ({})",
         tun.name,
@@ -203,12 +209,13 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
         }
     );
     tracing::info!(
-        local = %udp.local,
+        local = %sockets[0].local,
         queues = tun.queues.len(),
+        sockets = sockets.len(),
         tun_offload = tun.offload,
         tun_udp_offload = tun.udp_offload,
-        udp_gso = udp.gso,
-        udp_gro = udp.gro,
+        udp_gso = sockets[0].gso,
+        udp_gro = sockets[0].gro,
         "fast paths"
     );
 
@@ -221,6 +228,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
                 None => PeerMode::Learn,
             },
             keepalive: config.peer.keepalive(),
+            paths: sockets.len(),
         },
         &telemetry,
         Instant::now(),
@@ -228,9 +236,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
     let cancel = CancellationToken::new();
     let shared = Arc::new(Shared {
         fwd: fwd.clone(),
-        udp: udp.socket.clone(),
-        udp_state: udp.state.clone(),
-        gso: udp.gso,
+        sockets,
         mtu: usize::from(mtu),
         cancel: cancel.clone(),
         error_log: LogLimiter::new(5),
@@ -239,18 +245,22 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut threads = Vec::new();
+    // Worker i: an outbound thread reading TUN queue i, and an inbound thread receiving
+    // on socket i (writing to every queue, each flow on its own); both use path i.
     for (i, queue) in tun.queues.iter().enumerate() {
         let (q, s, off) = (queue.clone(), shared.clone(), tun.offload);
         threads.push(spawn_worker(
             format!("lametun-out{i}"),
             &exit_tx,
-            move || driver::outbound(q, off, s),
+            move || driver::outbound(i, q, off, s),
+        )?);
+        let (q, s) = (tun.queues.clone(), shared.clone());
+        threads.push(spawn_worker(
+            format!("lametun-in{i}"),
+            &exit_tx,
+            move || driver::inbound(i, q, off, s),
         )?);
     }
-    let (q, s, off) = (tun.queues.clone(), shared.clone(), tun.offload);
-    threads.push(spawn_worker("lametun-in".into(), &exit_tx, move || {
-        driver::inbound(q, off, s)
-    })?);
 
     let mut background = tokio::task::JoinSet::new();
     for (label, task) in fwd.pipeline().background_tasks() {
@@ -276,7 +286,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
             })
         })
         .flatten();
-    let outcome = control_loop(&fwd, &udp, follower, &mut exit_rx).await;
+    let outcome = control_loop(&fwd, &shared.sockets[0], follower, &mut exit_rx).await;
     cancel.cancel();
     background.abort_all();
     for t in threads {

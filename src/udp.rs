@@ -43,31 +43,137 @@ pub fn bind_address(bind: Option<IpAddr>, port: u16) -> SocketAddr {
     SocketAddr::new(bind.unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), port)
 }
 
-fn open(addr: SocketAddr) -> io::Result<Socket> {
+fn open(addr: SocketAddr, reuse_port: bool) -> io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() && addr.ip().is_unspecified() {
         // One socket for both families: IPv4 peers appear as ::ffff:a.b.c.d.
         socket.set_only_v6(false)?;
     }
+    if reuse_port {
+        setsockopt(&socket, sockopt::ReusePort, &true)?;
+    }
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// [`open`], falling back to IPv4 on a host without IPv6 when nothing more specific than
+/// the dual-stack wildcard was asked for.
+fn open_any(addr: SocketAddr, reuse_port: bool) -> Result<Socket, SetupError> {
+    match open(addr, reuse_port) {
+        Ok(s) => Ok(s),
+        Err(e)
+            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+                && e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
+        {
+            open(
+                SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()),
+                reuse_port,
+            )
+            .map_err(|e| explain(addr, &e))
+        }
+        Err(e) => Err(explain(addr, &e)),
+    }
 }
 
 /// Opens the tunnel socket on `addr` with `buffer` bytes of socket buffer each way.
 /// `offload` enables UDP GSO/GRO where the kernel has them.
 pub fn bind(addr: SocketAddr, buffer: usize, offload: bool) -> Result<Udp, SetupError> {
-    let socket = match open(addr) {
-        Ok(s) => s,
-        // No IPv6 on this host: fall back to IPv4 when nothing more specific was asked.
-        Err(e)
-            if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-                && e.raw_os_error() == Some(nix::libc::EAFNOSUPPORT) =>
-        {
-            open(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()))
-                .map_err(|e| explain(addr, &e))?
+    finish(open_any(addr, false)?, buffer, offload)
+}
+
+/// Opens `count` tunnel sockets on `addr`, one per path (see
+/// `lametun_core::forwarder`'s "Paths"), each as [`bind`] does.
+///
+/// - A listener's sockets share its port (`SO_REUSEPORT`), and a small classic BPF
+///   program makes the kernel hand each datagram to socket *source port mod count*
+///   (without it, a hash of the addresses picks one, and two client sockets land on
+///   the same one half the time). Before the group is bound, one socket without
+///   `SO_REUSEPORT` checks that the port is free, so that a second lametun on the
+///   same port fails as it does with one path, rather than sharing its datagrams.
+/// - A client's sockets take consecutive ports when they are free, so that their
+///   datagrams go to different sockets of a listener that steers so; a port in use
+///   is replaced by any free one.
+pub fn bind_paths(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+    offload: bool,
+) -> Result<Vec<Udp>, SetupError> {
+    if count <= 1 {
+        return Ok(vec![bind(addr, buffer, offload)?]);
+    }
+    let mut sockets = Vec::with_capacity(count);
+    if addr.port() != 0 {
+        let local = open_any(addr, false)?
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(addr);
+        // The probe is closed here; the group binds where it bound.
+        for i in 0..count {
+            let socket = open_any(local, true)?;
+            if i == 0 {
+                steer_by_source_port(&socket, count);
+            }
+            sockets.push(finish(socket, buffer, offload)?);
         }
-        Err(e) => return Err(explain(addr, &e)),
+    } else {
+        let first = bind(addr, buffer, offload)?;
+        let (ip, base) = (first.local.ip(), first.local.port());
+        sockets.push(first);
+        for i in 1..count {
+            let next = u16::try_from(usize::from(base) + i)
+                .ok()
+                .and_then(|port| open(SocketAddr::new(ip, port), false).ok());
+            match next {
+                Some(socket) => sockets.push(finish(socket, buffer, offload)?),
+                None => sockets.push(bind(SocketAddr::new(ip, 0), buffer, offload)?),
+            }
+        }
+    }
+    Ok(sockets)
+}
+
+/// Attaches to a `SO_REUSEPORT` group the classic BPF program that picks the socket
+/// *UDP source port mod `count`* (IPv4 with any header length, IPv6 without extension
+/// headers; the kernel falls back to its hash when the program fails). Not fatal: a
+/// kernel without it spreads by hash.
+fn steer_by_source_port(socket: &Socket, count: usize) {
+    use nix::libc::{
+        BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IMM, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K,
+        BPF_LD, BPF_LDX, BPF_MOD, BPF_MSH, BPF_RET, BPF_RSH, BPF_W, SKF_NET_OFF, sock_filter,
+        sock_fprog,
     };
+    let op = |code: u32, jt: u8, jf: u8, k: u32| sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    // The program runs with the data past the UDP header; the IP header is at SKF_NET_OFF.
+    let net = SKF_NET_OFF as u32;
+    let mut program = [
+        op(BPF_LD | BPF_B | BPF_ABS, 0, 0, net), // A = first byte of the IP header
+        op(BPF_ALU | BPF_RSH | BPF_K, 0, 0, 4),  // A = IP version
+        op(BPF_JMP | BPF_JEQ | BPF_K, 0, 2, 4),  // IPv4?
+        op(BPF_LDX | BPF_B | BPF_MSH, 0, 0, net), //   X = IPv4 header length
+        op(BPF_JMP | BPF_JA, 0, 0, 1),
+        op(BPF_LDX | BPF_W | BPF_IMM, 0, 0, 40), // IPv6: X = 40
+        op(BPF_LD | BPF_H | BPF_IND, 0, 0, net), // A = UDP source port
+        op(BPF_ALU | BPF_MOD | BPF_K, 0, 0, count as u32),
+        op(BPF_RET | BPF_A, 0, 0, 0),
+    ];
+    let fprog = sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    if let Err(e) = setsockopt(socket, sockopt::AttachReusePortCbpf, &fprog) {
+        tracing::debug!(error = %e, "no steering by source port; the kernel's hash spreads the datagrams");
+    }
+}
+
+/// Sizes the buffers of a bound socket and sets up its offloads.
+fn finish(socket: Socket, buffer: usize, offload: bool) -> Result<Udp, SetupError> {
     set_buffers(&socket, buffer);
     let socket: UdpSocket = socket.into();
     let local = socket
@@ -168,6 +274,75 @@ mod tests {
             panic!("bound a port in use")
         };
         assert!(e.0.contains("is in use"), "{e}");
+    }
+
+    /// A free UDP port on `ip` (free when this returns; the tests bind it at once).
+    fn free_port(ip: IpAddr) -> u16 {
+        UdpSocket::bind((ip, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    #[test]
+    fn a_listener_s_paths_share_its_port_and_a_second_listener_is_refused() {
+        let ip = IpAddr::from(Ipv4Addr::LOCALHOST);
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let paths = bind_paths(addr, 3, 1 << 16, true).unwrap();
+        assert_eq!(paths.len(), 3);
+        assert!(paths.iter().all(|p| p.local == addr), "{addr}");
+        for count in [1, 2] {
+            let Err(e) = bind_paths(addr, count, 1 << 16, true) else {
+                panic!("a second listener with {count} paths shared the port")
+            };
+            assert!(e.0.contains("is in use"), "{e}");
+        }
+    }
+
+    /// Each datagram goes to the listener's socket of its source port mod the number of
+    /// sockets: the datagrams of a client whose sockets have consecutive ports reach
+    /// different sockets.
+    fn steered_by_source_port(ip: IpAddr) {
+        let addr = SocketAddr::new(ip, free_port(ip));
+        let paths = bind_paths(addr, 2, 1 << 16, false).unwrap();
+        let client = bind_paths(SocketAddr::new(ip, 0), 2, 1 << 16, false).unwrap();
+        let ports: Vec<u16> = client.iter().map(|c| c.local.port()).collect();
+        assert_eq!(ports[1], ports[0] + 1, "consecutive client ports");
+        for c in &client {
+            for i in 0..5u8 {
+                c.socket.send_to(&[i], addr).unwrap();
+            }
+        }
+        for (index, path) in paths.iter().enumerate() {
+            path.socket
+                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+                .unwrap();
+            let mut from_ports = Vec::new();
+            for _ in 0..5 {
+                let mut buf = [0u8; 8];
+                let (_, from) = path.socket.recv_from(&mut buf).unwrap();
+                from_ports.push(from.port());
+            }
+            assert!(
+                from_ports.iter().all(|p| usize::from(*p) % 2 == index),
+                "socket {index} got datagrams from ports {from_ports:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_listener_steers_ipv4_datagrams_by_source_port() {
+        steered_by_source_port(Ipv4Addr::LOCALHOST.into());
+    }
+
+    #[test]
+    fn a_listener_steers_ipv6_datagrams_by_source_port() {
+        if UdpSocket::bind((Ipv6Addr::LOCALHOST, 0)).is_err() {
+            eprintln!("skipped: no IPv6 loopback here");
+            return;
+        }
+        steered_by_source_port(Ipv6Addr::LOCALHOST.into());
     }
 
     #[test]

@@ -57,21 +57,34 @@ fn config(b: &Bench, side: Side, key: Option<&Path>) -> String {
 /// Starts an encrypted server and client ("server", "client") with a new key file,
 /// waits until the tunnel carries a ping, and returns the key file.
 pub(crate) fn start_pair(b: &mut Bench) -> PathBuf {
+    start_pair_with(b, &[]).0
+}
+
+/// [`start_pair`] with `extra` arguments for both ends; also returns the PIDs of the
+/// server and the client.
+pub(crate) fn start_pair_with(b: &mut Bench, extra: &[&str]) -> (PathBuf, u32, u32) {
     let key = key_file(b, "psk");
-    start(b, Side::Server, "server", Some(&key));
-    start(b, Side::Client, "client", Some(&key));
+    let server = start_with(b, Side::Server, "server", Some(&key), extra);
+    let client = start_with(b, Side::Client, "client", Some(&key), extra);
     assert!(
         wait_up(b, Duration::from_secs(10)),
         "the encrypted tunnel did not come up\n{}",
         logs(b, &["server", "client"])
     );
-    key
+    (key, server, client)
 }
 
 /// Starts lametun as `name` on `side` with the config for `key`.
 fn start(b: &mut Bench, side: Side, name: &str, key: Option<&Path>) {
+    start_with(b, side, name, key, &[]);
+}
+
+/// [`start`] with `extra` arguments; returns the PID.
+fn start_with(b: &mut Bench, side: Side, name: &str, key: Option<&Path>, extra: &[&str]) -> u32 {
     let config = config(b, side, key);
-    b.lametun(side, name, &["--config", &config]).unwrap();
+    let mut args = vec!["--config", config.as_str()];
+    args.extend_from_slice(extra);
+    b.lametun(side, name, &args).unwrap()
 }
 
 /// Waits until a ping from the client crosses the tunnel.

@@ -190,9 +190,16 @@ fn io_counted_per_thread() -> bool {
     false
 }
 
-/// Read calls and bytes read (`syscr`, `rchar`: the kernel counts them per thread) by
-/// thread `name` of process `pid`.
-fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
+/// What thread `name` of process `pid` read and wrote, as the kernel counts it per
+/// thread: read calls (`syscr`), bytes read (`rchar`) and bytes written (`wchar`) with
+/// read/write calls (TUN reads and writes; socket receives and sends are not counted).
+struct ThreadIo {
+    read_calls: u64,
+    read: u64,
+    written: u64,
+}
+
+fn thread_io(pid: u32, name: &str) -> ThreadIo {
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = task.unwrap().path();
         if std::fs::read_to_string(dir.join("comm"))
@@ -209,9 +216,19 @@ fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or_else(|| panic!("no {key} in {io}"))
         };
-        return (field("syscr:"), field("rchar:"));
+        return ThreadIo {
+            read_calls: field("syscr:"),
+            read: field("rchar:"),
+            written: field("wchar:"),
+        };
     }
     panic!("process {pid} has no thread {name}");
+}
+
+/// Read calls and bytes read by thread `name` of process `pid`.
+fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
+    let io = thread_io(pid, name);
+    (io.read_calls, io.read)
 }
 
 /// On an idle tunnel the server's inbound thread sends the echo replies itself: the
@@ -233,13 +250,13 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
     let Some(mut b) = bench("answer") else { return };
     // One queue, so that where replies are queued does not depend on flow steering.
     let (server, _) = start_pair(&mut b, &["--workers", "1"], &["--workers", "1"]);
-    let before = thread_reads(server, "lametun-in");
+    let before = thread_reads(server, "lametun-in0");
     let pings = 20;
     let replies = b
         .ping(Side::Client, SERVER_TUN, pings, Some(100), false)
         .unwrap();
     assert_eq!(replies, pings);
-    let after = thread_reads(server, "lametun-in");
+    let after = thread_reads(server, "lametun-in0");
     let (calls, bytes) = (after.0 - before.0, after.1 - before.1);
     // The outbound thread, which the reply wakes too, may be first now and then: the
     // inbound thread then leaves the reply to it, or finds the queue empty.
@@ -254,23 +271,62 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
     );
 }
 
-/// With two queues, the flows of a busy tunnel spread over both outbound threads.
+/// With two workers, the flows of a busy tunnel spread over both workers of each end:
+/// plaintext.
 ///
-/// The kernel queues a flow's outgoing packets on the queue the flow's packets were
-/// last written on; the inbound thread picks that queue per flow (`flow_queue`), so a
-/// flow that has received through the tunnel (every TCP connection: its SYN-ACK, its
-/// ACKs) is read by the outbound thread of its queue. When every write went to queue 0,
-/// the second thread read almost nothing. Sixteen connections send 4 MiB each from
-/// the client, from source ports chosen so that `flow_queue` puts eight on each queue;
-/// each client outbound thread must then read over a third of what both read.
+/// Client side, the outbound threads: the kernel queues a flow's outgoing packets on
+/// the queue the flow's packets were last written on; the inbound threads pick that
+/// queue per flow (`flow_queue`), so a flow that has received through the tunnel (every
+/// TCP connection: its SYN-ACK, its ACKs) is read by the outbound thread of its queue.
+/// When every write went to queue 0, the second thread read almost nothing.
+///
+/// Server side, the inbound threads: client outbound thread *i* sends from its own
+/// socket, and the client's sockets have consecutive ports; the server's sockets share
+/// the tunnel port and the kernel hands each datagram to the one of its source port mod
+/// 2, so each server inbound thread receives one client socket's flows. With one socket
+/// per end, one server thread received everything.
+///
+/// Sixteen connections send 32 MiB each from the client, from source ports chosen so
+/// that `flow_queue` puts eight on each queue; each client outbound thread must read,
+/// and each server inbound thread write to the TUN, over a third of what both did.
 #[test]
-fn the_flows_of_a_two_queue_tunnel_spread_over_both_outbound_threads() {
+fn the_flows_of_a_two_worker_tunnel_spread_over_both_workers_of_each_end() {
     if !io_counted_per_thread() {
         return;
     }
     let Some(mut b) = bench("spread") else { return };
-    let (_, client) = start_pair(&mut b, &["--workers", "2"], &["--workers", "2"]);
-    assert!(b.log("client").contains("queues=2"), "{}", b.log("client"));
+    let pids = start_pair(&mut b, &["--workers", "2"], &["--workers", "2"]);
+    assert!(b.log("client").contains("sockets=2"), "{}", b.log("client"));
+    assert!(b.log("server").contains("sockets=2"), "{}", b.log("server"));
+    flows_spread(&b, pids);
+}
+
+/// [`the_flows_of_a_two_worker_tunnel_spread_over_both_workers_of_each_end`], encrypted:
+/// the two server threads share one replay window, each taking the counters of its
+/// client socket, and neither falls so far behind the other that the window refuses
+/// its datagrams as too old (with a window of 4032 counters, 1% were).
+#[test]
+fn the_flows_of_a_two_worker_encrypted_tunnel_spread_and_none_is_refused_as_replayed() {
+    if !io_counted_per_thread() {
+        return;
+    }
+    let Some(mut b) = bench("spreadenc") else {
+        return;
+    };
+    let (_, server, client) = encrypted::start_pair_with(&mut b, &["--workers", "2"]);
+    flows_spread(&b, (server, client));
+    assert_eq!(b.stop("server"), Some(0));
+    let log = b.log("server");
+    let summary = log
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no summary in the server's log:\n{log}"));
+    assert!(!summary.contains("replayed"), "{summary}");
+}
+
+/// Sixteen TCP transfers from the client of `(server, client)` (PIDs), checked intact,
+/// and how their bytes spread over the threads (see the tests above).
+fn flows_spread(b: &Bench, (server_pid, client_pid): (u32, u32)) {
     // Eight flows per queue: (server port, client port), as the client's inbound
     // thread sees them (server to client).
     let ip = |s: &str| match s.parse() {
@@ -291,13 +347,20 @@ fn the_flows_of_a_two_queue_tunnel_spread_over_both_outbound_threads() {
         })
         .collect();
     assert_eq!(flows.len(), 16);
-    // Bytes read from the TUN by each outbound thread, and by the inbound thread (the
-    // answers it sends itself).
-    let read = || ["lametun-out0", "lametun-out1", "lametun-in"].map(|t| thread_reads(client, t).1);
-    let before = read();
-    let each = 4 << 20;
+    // Client: bytes read from the TUN by each outbound thread, and by the inbound
+    // threads (the answers they send themselves). Server: bytes each inbound thread
+    // wrote to the TUN.
+    let client = ["lametun-out0", "lametun-out1", "lametun-in0", "lametun-in1"];
+    let server = ["lametun-in0", "lametun-in1"];
+    let io = || {
+        (
+            client.map(|t| thread_io(client_pid, t).read),
+            server.map(|t| thread_io(server_pid, t).written),
+        )
+    };
+    let before = io();
+    let each = 32 << 20;
     std::thread::scope(|scope| {
-        let b = &b;
         let transfers: Vec<_> = flows
             .iter()
             .map(|&(server, port)| {
@@ -311,19 +374,33 @@ fn the_flows_of_a_two_queue_tunnel_spread_over_both_outbound_threads() {
             t.join().expect("a transfer failed");
         }
     });
-    let after = read();
-    let [out0, out1, inbound] = [0, 1, 2].map(|t| after[t] - before[t]);
-    eprintln!("client TUN reads for 16 flows: out0 {out0}, out1 {out1}, in {inbound} bytes");
-    assert!(
-        out0 + out1 + inbound >= 16 * each as u64,
-        "{} bytes read for 16 x {each}",
-        out0 + out1 + inbound
+    let after = io();
+    let read: [u64; 4] = std::array::from_fn(|t| after.0[t] - before.0[t]);
+    let written: [u64; 2] = std::array::from_fn(|t| after.1[t] - before.1[t]);
+    eprintln!(
+        "16 flows: client TUN reads {read:?} ({client:?}), server TUN writes {written:?} ({server:?}) bytes"
     );
-    let total = out0 + out1;
-    for (q, n) in [out0, out1].into_iter().enumerate() {
+    let sent = 16 * each as u64;
+    assert!(
+        read.iter().sum::<u64>() >= sent,
+        "{read:?} bytes read for 16 x {each}"
+    );
+    assert!(
+        written.iter().sum::<u64>() >= sent,
+        "{written:?} bytes written for 16 x {each}"
+    );
+    let outbound = read[0] + read[1];
+    for (q, n) in read[..2].iter().enumerate() {
         assert!(
-            n >= total / 3,
-            "outbound thread {q} read {n} of {total} bytes: the flows did not spread"
+            *n >= outbound / 3,
+            "client outbound thread {q} read {n} of {outbound} bytes: the flows did not spread"
+        );
+    }
+    let inbound = written[0] + written[1];
+    for (q, n) in written.iter().enumerate() {
+        assert!(
+            *n >= inbound / 3,
+            "server inbound thread {q} wrote {n} of {inbound} bytes: the sockets did not spread"
         );
     }
 }

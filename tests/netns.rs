@@ -519,6 +519,10 @@ fn the_go_lametun_as_server_talks_to_ours() {
     );
 }
 
+/// Our server with two workers (two sockets on the tunnel port) and the Go client's one
+/// socket: the client's datagrams all reach one server socket, so the other path never
+/// hears from it and answers the address the first learned. Two transfers from the
+/// server, from source ports chosen so that one flow is sent by each path.
 #[test]
 fn our_server_talks_to_the_go_lametun_as_client() {
     let Some(go) = go_lametun() else { return };
@@ -526,7 +530,15 @@ fn our_server_talks_to_the_go_lametun_as_client() {
     b.lametun(
         Side::Server,
         "server",
-        &["-listen", "-device", "tun0", "--address", SERVER_CIDR],
+        &[
+            "-listen",
+            "-device",
+            "tun0",
+            "--address",
+            SERVER_CIDR,
+            "--workers",
+            "2",
+        ],
     )
     .unwrap();
     b.binary = go;
@@ -540,7 +552,23 @@ fn our_server_talks_to_the_go_lametun_as_client() {
     configure_go_device(&b, Side::Client, CLIENT_CIDR);
     wait_up(&b);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
-    tcp_intact(&b, Side::Client, testnet::addr(CLIENT_TUN, 5006), 5 << 20);
+    assert!(b.log("server").contains("sockets=2"), "{}", b.log("server"));
+    let ip = |s: &str| match s.parse() {
+        Ok(std::net::IpAddr::V4(a)) => a.octets(),
+        _ => unreachable!("IPv4 tunnel addresses"),
+    };
+    let (server_ip, client_ip) = (ip(SERVER_TUN), ip(CLIENT_TUN));
+    for queue in [0, 1] {
+        let port = (42_000u16..)
+            .find(|&port| {
+                let p =
+                    lametun_core::testing::packets::tcp_syn_v4(server_ip, client_ip, port, 5006);
+                lametun::gro::flow_queue(&p, 2) == queue
+            })
+            .unwrap();
+        let to = testnet::addr(CLIENT_TUN, 5006);
+        tcp_intact_from(&b, Side::Client, to, Some(port), 5 << 20);
+    }
 }
 
 #[test]

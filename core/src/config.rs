@@ -154,10 +154,11 @@ impl PeerConfig {
 /// `workers: auto` or a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
-    /// One per two CPUs (the inbound thread takes a CPU too), at least one, at most
+    /// One per two CPUs (each worker has a thread per direction), at least one, at most
     /// [`Workers::AUTO_MAX`].
     Auto,
-    /// Exactly this many (TUN queues, each with a thread).
+    /// Exactly this many (TUN queues and sockets, each with a sending and a receiving
+    /// thread).
     Count(u16),
 }
 
@@ -167,10 +168,12 @@ impl Workers {
 
     /// How many workers for a machine with `cpus` CPUs.
     ///
-    /// Each worker is a TUN queue with its outbound thread; one more thread carries the
-    /// inbound direction. On 2 CPUs two workers were no faster than one (a TCP stream
-    /// and four streams, plaintext and encrypted: within a few percent either way): the
-    /// inbound thread and the applications already keep both cores busy.
+    /// Each worker is a TUN queue and a UDP socket, with an outbound thread (queue to
+    /// socket) and an inbound thread (socket to every queue): a busy worker keeps two
+    /// CPUs busy. On 2 CPUs two workers were no faster than one for a single TCP stream
+    /// (plaintext and encrypted, within noise), and 5-11% faster plaintext, 0-3%
+    /// encrypted, for four streams: too little to give up the CPUs that the
+    /// applications need.
     pub fn resolve(self, cpus: usize) -> usize {
         match self {
             Self::Auto => (cpus / 2).clamp(1, Self::AUTO_MAX),
@@ -184,7 +187,7 @@ impl Workers {
 pub struct IoConfig {
     /// Use TUN and UDP offloads (TSO/GRO, GSO/GRO) where the kernel has them.
     pub offload: bool,
-    /// Number of TUN queues with a worker thread each.
+    /// Number of workers (TUN queues and sockets, two threads each).
     pub workers: Workers,
     /// `SO_SNDBUF`/`SO_RCVBUF` to ask for, in bytes.
     pub socket_buffer: usize,

@@ -18,6 +18,27 @@
 //!
 //! The forwarder is shared by all driver threads (`&self` everywhere): counters are
 //! atomics and the peer address is swapped atomically.
+//!
+//! # Paths
+//!
+//! A tunnel may carry its datagrams over several sockets at once (one per worker, so
+//! that several threads receive): the forwarder calls each one a *path*, numbered from
+//! 0, and the driver says on which one a datagram arrived
+//! ([`handle_udp_on`](Forwarder::handle_udp_on)) and asks where each one sends
+//! ([`peer_for`](Forwarder::peer_for)). A connecting side sends every path to its
+//! server. A listening side learns an address per path, because a client with several
+//! sockets reaches it from several ports, and the datagrams of one inner flow should
+//! keep to one of them (two would let the flow's packets overtake each other):
+//!
+//! - a path answers the address it last heard from, while that address is *fresh*
+//!   (heard within [`PATH_FRESH`]) and belongs to the same host as the freshest
+//!   address of all paths;
+//! - otherwise (a path that never heard from the peer, a socket of the client that went
+//!   quiet, a client that roamed to another host) it answers the freshest address of
+//!   all paths, which is also what [`peer`](Forwarder::peer) returns.
+//!
+//! With one path (the default, and the Go lametun's way) this is exactly the article's
+//! rule: answer the last address heard from.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -52,7 +73,14 @@ pub struct ForwarderConfig {
     pub peer: PeerMode,
     /// Send a keepalive when nothing was sent for this long (`None`: never).
     pub keepalive: Option<Duration>,
+    /// Number of paths (sockets) the datagrams travel on, at least 1 (see
+    /// [Paths](self#paths)).
+    pub paths: usize,
 }
+
+/// How long after its last datagram a path of a listening forwarder keeps answering
+/// its own address rather than the freshest one (see [Paths](self#paths)).
+pub const PATH_FRESH: Duration = Duration::from_secs(1);
 
 /// Where to send a datagram: the peer's address, and the local address to send from
 /// (the one the peer's datagrams arrived at, so that a multi-homed server answers
@@ -78,11 +106,25 @@ pub enum Outcome {
     Drop(Dropped),
 }
 
+/// What a listening forwarder knows of the peer on one path. Aligned to its own cache
+/// lines: each path is written by the thread that receives on it, for every datagram.
+#[repr(align(128))]
+#[derive(Default)]
+struct PathPeer {
+    /// The address the path last heard from.
+    endpoint: ArcSwapOption<Endpoint>,
+    /// Milliseconds after `epoch` of the last datagram accepted on it, plus one (0 = never).
+    seen_ms: AtomicU64,
+}
+
 /// The tunnel logic without IO. See the [module documentation](self).
 pub struct Forwarder {
     pipeline: Pipeline,
     config: ForwarderConfig,
-    peer: ArcSwapOption<Endpoint>,
+    /// The server (connecting side).
+    fixed: Option<Endpoint>,
+    /// What each path learned (listening side).
+    paths: Box<[PathPeer]>,
     epoch: Instant,
     /// Milliseconds after `epoch` of the last datagram sent, plus one (0 = never).
     last_sent_ms: AtomicU64,
@@ -122,17 +164,20 @@ impl Forwarder {
         telemetry: &TelemetryHandle,
         now: Instant,
     ) -> Arc<Self> {
-        let peer = match config.peer {
-            PeerMode::Fixed(addr) => Some(Arc::new(Endpoint {
+        let fixed = match config.peer {
+            PeerMode::Fixed(addr) => Some(Endpoint {
                 addr: canonical(addr),
                 local_ip: None,
-            })),
+            }),
             PeerMode::Learn => None,
         };
         let fwd = Arc::new(Self {
             pipeline,
             config,
-            peer: ArcSwapOption::new(peer),
+            fixed,
+            paths: (0..config.paths.max(1))
+                .map(|_| PathPeer::default())
+                .collect(),
             epoch: now,
             last_sent_ms: AtomicU64::new(0),
             counters: TunnelCounters::default(),
@@ -182,9 +227,52 @@ impl Forwarder {
         }
     }
 
-    /// Where datagrams go now. The driver reads it once per batch.
+    /// The number of paths.
+    pub fn paths(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// Where the tunnel's datagrams go now: the server, or the address a listener heard
+    /// from last (the freshest of its paths). For the datagrams of one path, ask
+    /// [`peer_for`](Self::peer_for).
     pub fn peer(&self) -> Option<Endpoint> {
-        self.peer.load().as_deref().copied()
+        self.fixed.or_else(|| self.freshest().map(|(_, e, _)| e))
+    }
+
+    /// The path that heard from the peer last: its index, address and time.
+    fn freshest(&self) -> Option<(usize, Endpoint, u64)> {
+        let (index, seen) = self
+            .paths
+            .iter()
+            .map(|p| p.seen_ms.load(Ordering::Relaxed))
+            .enumerate()
+            .max_by_key(|&(i, seen)| (seen, std::cmp::Reverse(i)))?;
+        let endpoint = *self.paths[index].endpoint.load().as_deref()?;
+        Some((index, endpoint, seen))
+    }
+
+    /// Where the datagrams of `path` go at `now` (see [Paths](self#paths)). The driver
+    /// reads it once per batch.
+    pub fn peer_for(&self, path: usize, now: Instant) -> Option<Endpoint> {
+        if let Some(fixed) = self.fixed {
+            return Some(fixed);
+        }
+        let (best, freshest, _) = self.freshest()?;
+        if best == path || self.paths.len() == 1 {
+            return Some(freshest);
+        }
+        let own = &self.paths[path.min(self.paths.len() - 1)];
+        let seen = own.seen_ms.load(Ordering::Relaxed);
+        let fresh = seen != 0 && self.ms(now).saturating_sub(seen) <= PATH_FRESH.as_millis() as u64;
+        match own.endpoint.load().as_deref() {
+            Some(e) if fresh && e.addr.ip() == freshest.addr.ip() => Some(*e),
+            _ => Some(freshest),
+        }
+    }
+
+    /// Milliseconds after `epoch`, plus one (so that 0 can mean never).
+    fn ms(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.epoch).as_millis() as u64 + 1
     }
 
     /// A packet read from the TUN device, to be sent to `peer` (what [`peer`](Self::peer)
@@ -258,10 +346,23 @@ impl Forwarder {
         }
     }
 
-    /// A datagram received from `from` on local address `local_ip`. On
+    /// A datagram received from `from` on local address `local_ip`, on path 0. On
     /// [`Outcome::WriteTun`] the buffer holds the IP packet.
     pub fn handle_udp(
         &self,
+        pkt: &mut PacketBuf<'_>,
+        from: SocketAddr,
+        local_ip: Option<IpAddr>,
+        now: Instant,
+    ) -> Outcome {
+        self.handle_udp_on(0, pkt, from, local_ip, now)
+    }
+
+    /// A datagram received on `path` from `from`, on local address `local_ip`. On
+    /// [`Outcome::WriteTun`] the buffer holds the IP packet.
+    pub fn handle_udp_on(
+        &self,
+        path: usize,
         pkt: &mut PacketBuf<'_>,
         from: SocketAddr,
         local_ip: Option<IpAddr>,
@@ -295,7 +396,7 @@ impl Forwarder {
         if pkt.is_empty() {
             self.counters.core_inbound.pass();
             self.counters.keepalives_received.inc();
-            self.learn(from, local_ip);
+            self.learn(path, from, local_ip, now);
             return Outcome::Keepalive;
         }
         match wire::check_ip(pkt.as_slice()) {
@@ -304,41 +405,57 @@ impl Forwarder {
             Err(reason) => return self.drop_inbound(reason, from, now),
         }
         self.counters.core_inbound.pass();
-        self.learn(from, local_ip);
+        self.learn(path, from, local_ip, now);
         Outcome::WriteTun
     }
 
-    /// Remembers `from` as the peer (listening side only). Called only for datagrams the
-    /// whole chain accepted.
-    fn learn(&self, from: SocketAddr, local_ip: Option<IpAddr>) {
+    /// Remembers `from` as the peer on `path` (listening side only). Called only for
+    /// datagrams the whole chain accepted.
+    fn learn(&self, path: usize, from: SocketAddr, local_ip: Option<IpAddr>, now: Instant) {
         if self.config.peer != PeerMode::Learn {
             return;
         }
+        debug_assert!(
+            path < self.paths.len(),
+            "path {path} of {}",
+            self.paths.len()
+        );
+        let own = &self.paths[path.min(self.paths.len() - 1)];
         let new = Endpoint {
             addr: from,
             local_ip,
         };
-        let current = self.peer.load();
-        if current.as_deref() == Some(&new) {
-            return;
-        }
-        match current.as_deref() {
-            None => tracing::info!(peer = %from, "learned the peer's address"),
-            Some(old) if old.addr != from => {
-                tracing::info!(old = %old.addr, new = %from, "peer address changed")
+        if own.endpoint.load().as_deref() != Some(&new) {
+            let before = self.peer();
+            match before {
+                None => tracing::info!(peer = %from, "learned the peer's address"),
+                // Another host, or (with one path) another port: the peer moved.
+                Some(old)
+                    if old.addr.ip() != from.ip()
+                        || (old.addr != from && self.paths.len() == 1) =>
+                {
+                    tracing::info!(old = %old.addr, new = %from, "peer address changed")
+                }
+                // Another socket of the same client, or its NAT's new port for it.
+                Some(old) if old.addr != from => {
+                    tracing::debug!(path, peer = %from, "path learned the peer's address")
+                }
+                Some(_) => {
+                    tracing::debug!(peer = %from, local = ?local_ip, "peer's local address changed")
+                }
             }
-            Some(_) => {
-                tracing::debug!(peer = %from, local = ?local_ip, "peer's local address changed")
-            }
+            self.counters.peer_changes.inc();
+            own.endpoint.store(Some(Arc::new(new)));
         }
-        self.counters.peer_changes.inc();
-        self.peer.store(Some(Arc::new(new)));
+        let ms = self.ms(now);
+        if own.seen_ms.load(Ordering::Relaxed) < ms {
+            own.seen_ms.store(ms, Ordering::Relaxed);
+        }
     }
 
     /// The driver reports that it sent datagrams at `now` (once per batch is enough).
     pub fn note_sent(&self, now: Instant) {
-        let ms = now.saturating_duration_since(self.epoch).as_millis() as u64 + 1;
-        self.last_sent_ms.fetch_max(ms, Ordering::Relaxed);
+        self.last_sent_ms.fetch_max(self.ms(now), Ordering::Relaxed);
     }
 
     /// If a keepalive is due at `now`, builds it in `pkt` (which must be empty, with the
@@ -412,6 +529,7 @@ mod tests {
                 packet_info,
                 peer,
                 keepalive: Some(Duration::from_secs(25)),
+                paths: 1,
             },
             &TelemetryHandle::default(),
             Instant::now(),
@@ -603,6 +721,154 @@ mod tests {
         assert_eq!(listener.counters().keepalives_received.get(), 1);
     }
 
+    fn listener_with_paths(paths: usize, pipeline: Pipeline) -> Arc<Forwarder> {
+        Forwarder::new(
+            pipeline,
+            ForwarderConfig {
+                packet_info: false,
+                peer: PeerMode::Learn,
+                keepalive: None,
+                paths,
+            },
+            &TelemetryHandle::default(),
+            Instant::now(),
+        )
+    }
+
+    /// Feeds `f` one ICMP packet from `from` on `path` at `at`.
+    fn arrive(f: &Forwarder, path: usize, from: &str, at: Instant) -> Outcome {
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        f.handle_udp_on(path, &mut pkt, from.parse().unwrap(), None, at)
+    }
+
+    fn addr_for(f: &Forwarder, path: usize, at: Instant) -> SocketAddr {
+        f.peer_for(path, at).expect("a peer").addr
+    }
+
+    const CLIENT_2: &str = "198.51.100.7:40001";
+
+    #[test]
+    fn each_path_answers_the_client_socket_it_heard_from() {
+        let f = listener_with_paths(2, Pipeline::new());
+        let t0 = Instant::now();
+        assert!(f.peer_for(0, t0).is_none() && f.peer_for(1, t0).is_none());
+        assert_eq!(arrive(&f, 0, CLIENT, t0), Outcome::WriteTun);
+        // Until path 1 hears from the client, it answers what path 0 heard.
+        assert_eq!(addr_for(&f, 1, t0), CLIENT.parse().unwrap());
+        let t1 = t0 + Duration::from_millis(10);
+        assert_eq!(arrive(&f, 1, CLIENT_2, t1), Outcome::WriteTun);
+        let t2 = t1 + Duration::from_millis(10);
+        assert_eq!(addr_for(&f, 0, t2), CLIENT.parse().unwrap());
+        assert_eq!(addr_for(&f, 1, t2), CLIENT_2.parse().unwrap());
+        assert_eq!(
+            f.peer().unwrap().addr,
+            CLIENT_2.parse().unwrap(),
+            "the freshest"
+        );
+        assert_eq!(f.counters().peer_changes.get(), 2);
+        // More datagrams on known addresses change nothing.
+        arrive(&f, 0, CLIENT, t2);
+        arrive(&f, 1, CLIENT_2, t2);
+        assert_eq!(f.counters().peer_changes.get(), 2);
+    }
+
+    #[test]
+    fn a_path_that_went_quiet_answers_the_freshest_address() {
+        let f = listener_with_paths(3, Pipeline::new());
+        let t0 = Instant::now();
+        arrive(&f, 0, CLIENT, t0);
+        arrive(&f, 1, CLIENT_2, t0);
+        // Path 2 never heard from anyone.
+        assert_eq!(addr_for(&f, 2, t0), CLIENT.parse().unwrap());
+        // Only path 0 keeps hearing; path 1's address (a client socket gone quiet, or a
+        // NAT mapping that expired) is used until it is older than PATH_FRESH.
+        let mut t = t0;
+        while t < t0 + PATH_FRESH * 2 {
+            t += Duration::from_millis(100);
+            arrive(&f, 0, CLIENT, t);
+        }
+        assert_eq!(addr_for(&f, 1, t0 + PATH_FRESH), CLIENT_2.parse().unwrap());
+        assert_eq!(addr_for(&f, 1, t), CLIENT.parse().unwrap());
+        // Once it hears again, it answers there again.
+        arrive(&f, 1, CLIENT_2, t);
+        assert_eq!(addr_for(&f, 1, t), CLIENT_2.parse().unwrap());
+    }
+
+    #[test]
+    fn a_peer_that_moves_to_another_host_is_followed_on_every_path_at_once() {
+        let f = listener_with_paths(2, Pipeline::new());
+        let t0 = Instant::now();
+        arrive(&f, 0, CLIENT, t0);
+        arrive(&f, 1, CLIENT_2, t0);
+        let moved = "203.0.113.9:5000";
+        let t1 = t0 + Duration::from_millis(100);
+        arrive(&f, 0, moved, t1);
+        // Path 1's address is fresh, but of the host the peer left.
+        assert_eq!(addr_for(&f, 1, t1), moved.parse().unwrap());
+        assert_eq!(addr_for(&f, 0, t1), moved.parse().unwrap());
+    }
+
+    #[test]
+    fn one_path_answers_the_last_address_however_old() {
+        let f = listener_with_paths(1, Pipeline::new());
+        let t0 = Instant::now();
+        arrive(&f, 0, CLIENT, t0);
+        assert_eq!(
+            addr_for(&f, 0, t0 + Duration::from_secs(3600)),
+            CLIENT.parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn a_forged_datagram_teaches_no_path() {
+        let mut p = Pipeline::new();
+        p.push("auth", "auth", Box::new(Auth));
+        let f = listener_with_paths(2, p);
+        let t0 = Instant::now();
+        arrive(&f, 0, CLIENT, t0);
+        let mut storage = [0u8; 64];
+        let mut forged = icmp_v4();
+        forged[0] = 0xff;
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &forged);
+        let attacker: SocketAddr = "203.0.113.66:1234".parse().unwrap();
+        assert!(matches!(
+            f.handle_udp_on(1, &mut pkt, attacker, None, t0),
+            Outcome::Drop(_)
+        ));
+        assert_eq!(addr_for(&f, 1, t0), CLIENT.parse().unwrap());
+        assert_eq!(f.counters().peer_changes.get(), 1);
+    }
+
+    #[test]
+    fn every_path_of_a_client_sends_to_its_server() {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let f = Forwarder::new(
+            Pipeline::new(),
+            ForwarderConfig {
+                packet_info: true,
+                peer: PeerMode::Fixed(server),
+                keepalive: None,
+                paths: 2,
+            },
+            &TelemetryHandle::default(),
+            Instant::now(),
+        );
+        let now = Instant::now();
+        assert_eq!(addr_for(&f, 0, now), server);
+        assert_eq!(addr_for(&f, 1, now), server);
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        let other: SocketAddr = CLIENT.parse().unwrap();
+        assert!(matches!(
+            f.handle_udp_on(1, &mut pkt, other, None, now),
+            Outcome::Drop(Dropped {
+                reason: DropReason::UnknownSource,
+                ..
+            })
+        ));
+    }
+
     #[test]
     fn snapshot_is_reachable_through_the_telemetry_handle() {
         let handle = TelemetryHandle::default();
@@ -613,6 +879,7 @@ mod tests {
                 packet_info: false,
                 peer: PeerMode::Learn,
                 keepalive: None,
+                paths: 1,
             },
             &handle,
             Instant::now(),

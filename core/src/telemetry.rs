@@ -35,7 +35,8 @@ pub struct TunnelCounters {
     pub keepalives_sent: Counter,
     /// Keepalives received (and accepted by the whole chain).
     pub keepalives_received: Counter,
-    /// Times the learned peer address changed (roaming, NAT rebinding, a restart).
+    /// Times the learned peer address of a path changed (roaming, NAT rebinding, a
+    /// restart; with several workers, also once per client socket a path learns).
     pub peer_changes: Counter,
     /// Failed reads from the TUN device.
     pub tun_read_errors: Counter,

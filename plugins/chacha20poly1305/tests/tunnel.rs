@@ -35,6 +35,7 @@ fn end(peer: PeerMode, psk: &Psk) -> Arc<Forwarder> {
             packet_info: false,
             peer,
             keepalive: Some(Duration::from_secs(25)),
+            paths: 1,
         },
         &TelemetryHandle::default(),
         Instant::now(),

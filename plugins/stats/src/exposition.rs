@@ -11,7 +11,7 @@
 //! | `lametun_udp_rx_datagrams_total`, `…_udp_rx_bytes_total` | | received on the socket, from anyone |
 //! | `lametun_tun_tx_packets_total`, `…_tun_tx_bytes_total` | | written to the TUN device |
 //! | `lametun_keepalives_sent_total`, `…_keepalives_received_total` | | |
-//! | `lametun_peer_changes_total` | | the learned peer address changed |
+//! | `lametun_peer_changes_total` | | the learned peer address of a path changed |
 //! | `lametun_{tun_read,tun_write,udp_send,udp_recv}_errors_total` | | failed IO calls |
 //! | `lametun_core_passed_total` | `direction` | packets the core's own checks passed |
 //! | `lametun_core_dropped_total` | `direction`, `reason` | drops by the core (no peer yet, malformed, wrong source) |

@@ -35,6 +35,7 @@ pub fn client(pipeline: Pipeline, telemetry: &TelemetryHandle) -> Arc<Forwarder>
             packet_info: true,
             peer: PeerMode::Fixed(SERVER.parse().unwrap()),
             keepalive: Some(Duration::from_secs(25)),
+            paths: 1,
         },
         telemetry,
         Instant::now(),
