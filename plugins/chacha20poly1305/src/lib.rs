@@ -95,7 +95,7 @@
 //! # Replay protection
 //!
 //! A tag proves who sealed a datagram, not that it is new. The receiver keeps, for the
-//! current and the previous session of the peer, an RFC 6479 sliding window of 32704
+//! current and the previous session of the peer, an RFC 6479 sliding window of 131008
 //! counters ([`replay`], wide enough for the reordering between the receiving threads
 //! of a tunnel with several workers): a reordered packet within the window passes once, a duplicate
 //! or an older packet is dropped (`replayed`). The window moves only after the tag

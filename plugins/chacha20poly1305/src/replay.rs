@@ -11,18 +11,20 @@
 //! - anything older is refused: we no longer know whether it was seen.
 //!
 //! The bitmap is a ring of 64-bit blocks. Sliding the window clears whole blocks instead
-//! of shifting every bit (RFC 6479 §2), so the cost per packet is constant. With 512
-//! blocks (32768 bits) one block is always being reused, which leaves 32704 counters of
-//! window, for 4 KiB per session.
+//! of shifting every bit (RFC 6479 §2), so the cost per packet is constant. With 2048
+//! blocks (131072 bits) one block is always being reused, which leaves 131008 counters
+//! of window, for 16 KiB per session.
 //!
-//! Why so wide (WireGuard's kernel module keeps 8128): a tunnel with several workers receives on several
-//! sockets, one thread each, and the sender's counters are spread over them. A thread
-//! that the scheduler leaves off its CPU for a few milliseconds falls thousands of
-//! counters behind the other, up to what its socket buffer holds (4 MiB by default,
-//! about 6000 full-size datagrams), and a window narrower than that drops them as too
-//! old: with 4032, two workers at 5 Gbit/s on two CPUs lost 1.1% of the datagrams
-//! (`replayed`), none with this window. The width costs no security: within the window
-//! every counter is still accepted at most once.
+//! Why so wide (WireGuard's kernel module keeps 8128): a tunnel with several workers
+//! receives on several sockets, one thread each, and the sender's counters are spread
+//! over them. While the scheduler leaves one of those threads off its CPU, the others
+//! move the window on, by the tunnel's packet rate times the time it waits; its
+//! datagrams, waiting in its socket, are then that far behind. At 5 Gbit/s (about 430
+//! thousand datagrams a second) a wait of 10 ms is 4300 counters: with a window of
+//! 4032, two workers on two CPUs lost 1.1% of their datagrams (`replayed`) in a 5 s
+//! transfer. This window covers a wait of 300 ms at that rate, longer than TCP waits
+//! before it retransmits anyway. The width costs no security: within the window every
+//! counter is still accepted at most once.
 //!
 //! The caller checks a counter *before* the (expensive) tag verification, to drop
 //! duplicates cheaply, and updates the window only *after* the tag verified: a forged
@@ -32,7 +34,7 @@
 /// Bits per block of the bitmap.
 const BLOCK_BITS: u64 = u64::BITS as u64;
 /// Blocks in the ring (a power of two).
-const BLOCKS: u64 = 512;
+const BLOCKS: u64 = 2048;
 /// How far below the highest accepted counter a counter may be and still be accepted.
 pub const WINDOW: u64 = (BLOCKS - 1) * BLOCK_BITS;
 
@@ -135,13 +137,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn window_is_at_least_the_required_2048_and_a_socket_buffer_of_datagrams() {
+    fn window_is_at_least_the_required_2048_and_300_ms_of_datagrams() {
         const { assert!(WINDOW >= 2048) };
-        // A 4 MiB socket buffer (the default), which the kernel doubles, holds about
-        // 6000 full-size datagrams, the most one receiving thread can lag behind another:
-        // at least twice that.
-        const { assert!(WINDOW >= 2 * (8 << 20) / 1500) };
-        assert_eq!(WINDOW, 32704);
+        // 300 ms of full-size datagrams at 5 Gbit/s: what a receiving thread of a
+        // tunnel with several workers may fall behind the others.
+        const { assert!(WINDOW >= 5_000_000_000 / 8 / 1500 * 3 / 10) };
+        assert_eq!(WINDOW, 131_008);
     }
 
     #[test]

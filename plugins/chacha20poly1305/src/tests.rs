@@ -380,7 +380,7 @@ fn describe_debug_and_errors_never_show_the_key() {
     assert!(!text.contains(&key[..20]));
     assert_eq!(
         s.describe(),
-        "cipher chacha20poly1305, key given by the program, replay window 32704 packets, \
+        "cipher chacha20poly1305, key given by the program, replay window 131008 packets, \
          new session every 2^28 packets or 1h"
     );
 }
