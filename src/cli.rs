@@ -35,6 +35,7 @@ const LONG_FLAGS: &[&str] = &[
     "mtu",
     "keepalive",
     "workers",
+    "sockets",
     "no-offload",
     "help",
     "version",
@@ -106,10 +107,14 @@ pub struct Cli {
     /// Keepalive interval, e.g. 25s, or "off".
     #[arg(long, value_name = "DURATION")]
     pub keepalive: Option<String>,
-    /// Number of workers: TUN queues and sockets, each with a sending and a receiving
-    /// thread ("auto" or a number).
+    /// Number of workers: TUN queues, each with a sending and a receiving thread
+    /// ("auto" or a number).
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
+    /// UDP sockets: "auto" (one per worker on a server, one on a client), "one", or
+    /// "per-worker" (on a client: only against a lametun server with as many workers).
+    #[arg(long, value_name = "HOW")]
+    pub sockets: Option<String>,
     /// Turn off TUN and UDP offloads (TSO/GRO, GSO/GRO).
     #[arg(long)]
     pub no_offload: bool,
@@ -231,6 +236,11 @@ impl Cli {
             let parsed = TunnelConfig::from_yaml(&yaml, None)
                 .map_err(|e| Failure::Setup(format!("--workers: {}", e.0[0].message)))?;
             config.io.workers = parsed.io.workers;
+        }
+        if let Some(v) = &self.sockets {
+            let parsed = TunnelConfig::from_yaml(&format!("io: {{sockets: {v:?}}}"), None)
+                .map_err(|e| Failure::Setup(format!("--sockets: {}", e.0[0].message)))?;
+            config.io.sockets = parsed.io.sockets;
         }
         if self.no_offload {
             config.io.offload = false;
@@ -567,6 +577,7 @@ mod tests {
             &["lametun", "-listen", "-device", "a/b"],
             &["lametun", "-listen", "--keepalive", "soon"],
             &["lametun", "-listen", "--workers", "0"],
+            &["lametun", "-listen", "--sockets", "many"],
             &["lametun", "-listen", "-port", "0"],
         ] {
             let e = parse(bad).unwrap().tunnel_config().unwrap_err();

@@ -14,9 +14,9 @@
 //!   and writes may coalesce many packets into one (GRO);
 //! - with several workers the device gets several queues (`IFF_MULTI_QUEUE`) and one
 //!   worker thread reads each. The kernel queues a flow's packets on the queue that flow
-//!   was last written on, so the inbound thread writes each flow on a queue of its own
-//!   choosing (`gro::flow_queue`), spreading the flows over the workers (and reads the
-//!   answers to what it wrote from there: see `driver::inbound`).
+//!   was last written on, so the inbound threads write each flow on a queue of their
+//!   choosing (`gro::flow_queue`), spreading the flows over the workers (and read the
+//!   answers to what they wrote from there: see `driver::inbound`).
 //!
 //! Every feature is probed and falls back: a device created earlier without multi-queue
 //! support gets one queue, a kernel without TUN offloads gets plain reads and writes.

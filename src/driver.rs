@@ -2,15 +2,17 @@
 //!
 //! The article's two goroutines become threads, each with its own single-threaded tokio
 //! runtime (so an event wakes the thread that waits for it, never another core). Each
-//! worker *i* has TUN queue *i*, socket *i* (path *i* of the forwarder) and two threads:
+//! TUN queue *q* has an outbound thread, and each UDP socket *p* (path *p* of the
+//! forwarder: one per queue, or fewer, see `io.sockets`) an inbound thread:
 //!
 //! ```text
-//!  outbound, lametun-out<i>:
-//!    TUN queue i ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► socket i
-//!  inbound, lametun-in<i>:
-//!    socket i ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
+//!  outbound, lametun-out<q>:
+//!    TUN queue q ──read (superpackets split)──► forwarder + stages ──UDP GSO sends──► socket q mod P
+//!  inbound, lametun-in<p>:
+//!    socket p ──recvmmsg + UDP GRO──► forwarder + stages ──TUN writes, coalesced (gro)──► TUN
 //!      │                                    each flow on its own queue (flow_queue)
-//!      └─ after a small batch the kernel answers at once: one read of that TUN queue ──► socket i
+//!      └─ after a small batch the kernel answers at once: one read of that TUN queue q
+//!                                                               ──► socket q mod P
 //! ```
 //!
 //! How the datagrams of a flow keep to one worker at both ends: the kernel queues a
@@ -73,8 +75,9 @@ const SUPERPACKET_LEN: usize = VIRTIO_NET_HDR_LEN + 65_535;
 pub struct Shared {
     /// The tunnel logic.
     pub fwd: Arc<Forwarder>,
-    /// The tunnel's sockets, one per path: outbound thread *i* sends on socket *i*, and
-    /// inbound thread *i* receives on it (and sends its answers there).
+    /// The tunnel's sockets, one per path (at least one, at most one per TUN queue):
+    /// inbound thread *i* receives on socket *i*; what is read from TUN queue *q* is
+    /// sent on the path of that queue ([`Shared::path_of`]).
     pub sockets: Vec<Udp>,
     /// The TUN MTU: the largest inner packet.
     pub mtu: usize,
@@ -88,6 +91,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The path (socket) that sends what is read from TUN queue `queue`: the queue's own
+    /// socket, or with fewer sockets than queues, one of them, always the same.
+    pub fn path_of(&self, queue: usize) -> usize {
+        queue % self.sockets.len()
+    }
+
     /// The size of a packet slot: room for the chain's headers, an MTU, its trailers.
     fn slot_len(&self) -> usize {
         self.fwd.headroom() + self.mtu + self.fwd.tailroom()
@@ -113,10 +122,10 @@ fn is_fatal(e: &io::Error) -> bool {
 
 /// Registers a shared descriptor with the current thread's tokio reactor.
 ///
-/// The device and the socket are shared by several threads, each with its own runtime,
-/// so each thread registers what it waits for in its own reactor (epoll instance): the
-/// TUN queue for reading in its outbound thread, the socket for reading in the inbound
-/// one. Nobody registers for writing: see [`send_transmit`].
+/// The device queues and the sockets are shared by several threads, each with its own
+/// runtime, so each thread registers what it waits for in its own reactor (epoll
+/// instance): its TUN queue for reading in an outbound thread, its socket for reading
+/// in an inbound one. Nobody registers for writing: see [`send_transmit`].
 #[allow(unsafe_code)]
 fn register<T: AsRawFd>(inner: Arc<T>, interest: Interest) -> io::Result<AsyncFd<Arc<T>>> {
     // SAFETY: tokio requires the descriptor to stay open and to be the same one for the
@@ -218,14 +227,16 @@ impl Outgoing {
         Ok((n, false))
     }
 
-    /// Runs the first `n` packets through the chain and sends the datagrams they
-    /// become on path `path`, in as few GSO sends as their sizes and destinations allow.
-    fn send(&mut self, n: usize, s: &Shared, path: usize) -> io::Result<()> {
+    /// Runs the first `n` packets, read from TUN queue `queue`, through the chain and
+    /// sends the datagrams they become on that queue's path, in as few GSO sends as
+    /// their sizes and destinations allow.
+    fn send(&mut self, n: usize, s: &Shared, queue: usize) -> io::Result<()> {
         if n == 0 {
             return Ok(());
         }
         let now = Instant::now();
-        let peer = s.fwd.peer_for(path, now);
+        let path = s.path_of(queue);
+        let peer = s.fwd.peer_for(path);
         let udp = &s.sockets[path];
         self.datagrams.clear();
         for (i, &size) in self.sizes[..n].iter().enumerate() {
@@ -271,10 +282,10 @@ impl Outgoing {
     }
 }
 
-/// Reads packets from one TUN queue and sends them to the peer on path `path` until
+/// Reads packets from TUN queue number `index` and sends them to the peer until
 /// cancelled.
 pub async fn outbound(
-    path: usize,
+    index: usize,
     queue: Arc<SyncDevice>,
     offload: bool,
     s: Arc<Shared>,
@@ -294,7 +305,7 @@ pub async fn outbound(
             guard.clear_ready();
         }
         drop(guard);
-        let sent = read.and_then(|(n, _)| out.send(n, &s, path));
+        let sent = read.and_then(|(n, _)| out.send(n, &s, index));
         s.sending.fetch_sub(1, Ordering::Relaxed);
         sent?;
     }
@@ -555,11 +566,11 @@ impl TunWriter {
         });
     }
 
-    /// The queue of a packet pushed since the last call that the local kernel answers
-    /// inside the write that delivers it (an echo request, TCP data: see
-    /// [`answered_at_once`]); the answer is queued there.
-    pub fn take_answered(&mut self) -> Option<&Arc<SyncDevice>> {
-        self.answered.take().map(|q| &self.queues[q])
+    /// The queue (its index, and the queue) of a packet pushed since the last call that
+    /// the local kernel answers inside the write that delivers it (an echo request, TCP
+    /// data: see [`answered_at_once`]); the answer is queued there.
+    pub fn take_answered(&mut self) -> Option<(usize, &Arc<SyncDevice>)> {
+        self.answered.take().map(|q| (q, &self.queues[q]))
     }
 
     /// Packets waiting for [`flush`](Self::flush).
@@ -701,12 +712,14 @@ pub async fn inbound(
         if !out.is_empty() {
             written += write_tun(&mut out, &s)?;
         }
-        if let Some(queue) = out.take_answered()
+        if let Some((index, queue)) = out.take_answered()
             && written <= ANSWER_BATCH
             && s.sending.load(Ordering::Relaxed) == 0
         {
+            // Sent on the path of the queue, as its outbound thread would: the flow's
+            // datagrams leave from one socket.
             let (n, _) = answers.read(queue, 1, &s)?;
-            answers.send(n, &s, path)?;
+            answers.send(n, &s, index)?;
         }
     }
 }

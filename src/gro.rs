@@ -1,4 +1,4 @@
-//! Receive-side coalescing (GRO) of the packets the inbound thread writes to the TUN.
+//! Receive-side coalescing (GRO) of the packets the inbound threads write to the TUN.
 //!
 //! A TCP stream through the tunnel arrives as a train of MTU-sized segments. Writing
 //! each one costs a syscall and a trip through the kernel's receive path; writing them

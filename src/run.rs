@@ -192,10 +192,11 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
     let workers = config.io.workers.resolve(cpus);
     let tun = device::open(&config.device.name, workers, config.io.offload)?;
     device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
-    // One socket per TUN queue: each worker sends and receives on its own (a path).
+    // The sockets (paths): one per worker on a listener, one on a client by default.
+    let listening = ends.server.is_none();
     let sockets = udp::bind_paths(
         ends.bind,
-        tun.queues.len(),
+        config.io.sockets.resolve(listening, tun.queues.len()),
         config.io.socket_buffer,
         config.io.offload,
     )?;
@@ -245,8 +246,8 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
 
     let (exit_tx, mut exit_rx) = tokio::sync::mpsc::unbounded_channel();
     let mut threads = Vec::new();
-    // Worker i: an outbound thread reading TUN queue i, and an inbound thread receiving
-    // on socket i (writing to every queue, each flow on its own); both use path i.
+    // An outbound thread per TUN queue, sending on the path of its queue; an inbound
+    // thread per socket, writing to every queue (each flow on its own).
     for (i, queue) in tun.queues.iter().enumerate() {
         let (q, s, off) = (queue.clone(), shared.clone(), tun.offload);
         threads.push(spawn_worker(
@@ -254,11 +255,13 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
             &exit_tx,
             move || driver::outbound(i, q, off, s),
         )?);
-        let (q, s) = (tun.queues.clone(), shared.clone());
+    }
+    for path in 0..shared.sockets.len() {
+        let (q, s, off) = (tun.queues.clone(), shared.clone(), tun.offload);
         threads.push(spawn_worker(
-            format!("lametun-in{i}"),
+            format!("lametun-in{path}"),
             &exit_tx,
-            move || driver::inbound(i, q, off, s),
+            move || driver::inbound(path, q, off, s),
         )?);
     }
 
@@ -439,6 +442,9 @@ pub fn summary(snap: &lametun_core::TunnelSnapshot) -> String {
         c.keepalives_received,
         c.keepalives_sent
     );
+    if c.peer_changes > 0 {
+        line.push_str(&format!(", peer address changes {}", c.peer_changes));
+    }
     let mut drops = Vec::new();
     for (dir, d) in [("out", &snap.core_outbound), ("in", &snap.core_inbound)] {
         for (reason, n) in &d.drops {

@@ -1,8 +1,9 @@
-//! The UDP edge: the socket that carries the tunnel's datagrams.
+//! The UDP edge: the sockets that carry the tunnel's datagrams.
 //!
 //! The Go lametun listens with `net.ListenUDP("udp4", …)`: IPv4 only, kernel-default
-//! buffers, one datagram per system call. Ours is one IPv6 socket that also takes IPv4
-//! (dual stack), so `-server` may name an IPv6 host; its buffers are large (most of the
+//! buffers, one datagram per system call. Ours is an IPv6 socket that also takes IPv4
+//! (dual stack), so `-server` may name an IPv6 host, or several such sockets, one per
+//! worker ([`bind_paths`]); their buffers are large (most of the
 //! loss the per-packet tunnels show on this machine happens in a full receive buffer);
 //! and `quinn-udp` drives it, which brings batched receives (`recvmmsg` with UDP GRO),
 //! batched sends (UDP GSO, probed at run time, and switched off by itself if the kernel
@@ -23,7 +24,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::device::SetupError;
 
-/// The tunnel's UDP socket and its offload state.
+/// One of the tunnel's UDP sockets and its offload state.
 pub struct Udp {
     /// The socket (non-blocking).
     pub socket: Arc<UdpSocket>,
@@ -89,10 +90,13 @@ pub fn bind(addr: SocketAddr, buffer: usize, offload: bool) -> Result<Udp, Setup
 ///   (without it, a hash of the addresses picks one, and two client sockets land on
 ///   the same one half the time). Before the group is bound, one socket without
 ///   `SO_REUSEPORT` checks that the port is free, so that a second lametun on the
-///   same port fails as it does with one path, rather than sharing its datagrams.
+///   same port fails as it does with one path, rather than sharing its datagrams. (Two
+///   lametuns started in the same instant could both pass the probe, and another
+///   program of the same user that sets `SO_REUSEPORT` can join the group: the kernel
+///   allows it.)
 /// - A client's sockets take consecutive ports when they are free, so that their
 ///   datagrams go to different sockets of a listener that steers so; a port in use
-///   is replaced by any free one.
+///   is replaced by any free one (logged: the spread is then left to chance).
 pub fn bind_paths(
     addr: SocketAddr,
     count: usize,
@@ -127,7 +131,15 @@ pub fn bind_paths(
                 .and_then(|port| open(SocketAddr::new(ip, port), false).ok());
             match next {
                 Some(socket) => sockets.push(finish(socket, buffer, offload)?),
-                None => sockets.push(bind(SocketAddr::new(ip, 0), buffer, offload)?),
+                None => {
+                    let other = bind(SocketAddr::new(ip, 0), buffer, offload)?;
+                    tracing::info!(
+                        "UDP port {} is taken: socket {i} uses {}, not next to the others",
+                        usize::from(base) + i,
+                        other.local.port()
+                    );
+                    sockets.push(other);
+                }
             }
         }
     }
@@ -135,9 +147,10 @@ pub fn bind_paths(
 }
 
 /// Attaches to a `SO_REUSEPORT` group the classic BPF program that picks the socket
-/// *UDP source port mod `count`* (IPv4 with any header length, IPv6 without extension
-/// headers; the kernel falls back to its hash when the program fails). Not fatal: a
-/// kernel without it spreads by hash.
+/// *UDP source port mod `count`* (IPv4 with any header length; IPv6 without extension
+/// headers, else it reads two bytes of the extension header, which still picks a
+/// socket of the group). A load past the end of a packet makes the program return 0:
+/// socket 0. Not fatal: a kernel without it spreads by hash (logged).
 fn steer_by_source_port(socket: &Socket, count: usize) {
     use nix::libc::{
         BPF_A, BPF_ABS, BPF_ALU, BPF_B, BPF_H, BPF_IMM, BPF_IND, BPF_JA, BPF_JEQ, BPF_JMP, BPF_K,
@@ -168,7 +181,7 @@ fn steer_by_source_port(socket: &Socket, count: usize) {
         filter: program.as_mut_ptr(),
     };
     if let Err(e) = setsockopt(socket, sockopt::AttachReusePortCbpf, &fprog) {
-        tracing::debug!(error = %e, "no steering by source port; the kernel's hash spreads the datagrams");
+        tracing::info!(error = %e, "no steering by source port: the kernel's hash spreads the datagrams over the sockets");
     }
 }
 
@@ -302,38 +315,53 @@ mod tests {
 
     /// Each datagram goes to the listener's socket of its source port mod the number of
     /// sockets: the datagrams of a client whose sockets have consecutive ports reach
-    /// different sockets.
-    fn steered_by_source_port(ip: IpAddr) {
-        let addr = SocketAddr::new(ip, free_port(ip));
-        let paths = bind_paths(addr, 2, 1 << 16, false).unwrap();
-        let client = bind_paths(SocketAddr::new(ip, 0), 2, 1 << 16, false).unwrap();
-        let ports: Vec<u16> = client.iter().map(|c| c.local.port()).collect();
-        assert_eq!(ports[1], ports[0] + 1, "consecutive client ports");
-        for c in &client {
+    /// different sockets. The listener is on `listen`, the client on `client`.
+    fn steered_by_source_port(listen: IpAddr, client: IpAddr) {
+        let port = free_port(listen);
+        let paths = bind_paths(SocketAddr::new(listen, port), 2, 1 << 16, false).unwrap();
+        let senders = bind_paths(SocketAddr::new(client, 0), 2, 1 << 16, false).unwrap();
+        let ports: Vec<u16> = senders.iter().map(|c| c.local.port()).collect();
+        for c in &senders {
             for i in 0..5u8 {
-                c.socket.send_to(&[i], addr).unwrap();
+                c.socket.send_to(&[i], (client, port)).unwrap();
             }
         }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut received = 0;
         for (index, path) in paths.iter().enumerate() {
-            path.socket
-                .set_read_timeout(Some(std::time::Duration::from_secs(2)))
-                .unwrap();
             let mut from_ports = Vec::new();
-            for _ in 0..5 {
-                let mut buf = [0u8; 8];
-                let (_, from) = path.socket.recv_from(&mut buf).unwrap();
+            let mut buf = [0u8; 8];
+            let wait = Some(std::time::Duration::from_millis(100));
+            path.socket.set_read_timeout(wait).unwrap();
+            while let Ok((_, from)) = path.socket.recv_from(&mut buf) {
                 from_ports.push(from.port());
             }
             assert!(
                 from_ports.iter().all(|p| usize::from(*p) % 2 == index),
                 "socket {index} got datagrams from ports {from_ports:?}"
             );
+            if ports[0] % 2 != ports[1] % 2 {
+                // Consecutive, as they are unless a port was taken.
+                assert_eq!(from_ports.len(), 5, "socket {index}: {from_ports:?}");
+            }
+            received += from_ports.len();
         }
+        assert_eq!(received, 10);
     }
 
     #[test]
     fn a_listener_steers_ipv4_datagrams_by_source_port() {
-        steered_by_source_port(Ipv4Addr::LOCALHOST.into());
+        let v4 = Ipv4Addr::LOCALHOST.into();
+        steered_by_source_port(v4, v4);
+    }
+
+    #[test]
+    fn a_dual_stack_listener_steers_ipv4_datagrams_by_source_port() {
+        if UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).is_err() {
+            eprintln!("skipped: no IPv6 here");
+            return;
+        }
+        steered_by_source_port(Ipv6Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into());
     }
 
     #[test]
@@ -342,7 +370,8 @@ mod tests {
             eprintln!("skipped: no IPv6 loopback here");
             return;
         }
-        steered_by_source_port(Ipv6Addr::LOCALHOST.into());
+        let v6 = Ipv6Addr::LOCALHOST.into();
+        steered_by_source_port(v6, v6);
     }
 
     #[test]

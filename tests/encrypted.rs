@@ -105,7 +105,7 @@ fn mtu_of(b: &Bench, side: Side) -> usize {
 }
 
 /// The shutdown summary of process `name` (after [`Bench::stop`]).
-fn summary(b: &Bench, name: &str) -> String {
+pub(crate) fn summary(b: &Bench, name: &str) -> String {
     b.log(name)
         .lines()
         .find(|l| l.contains("stopped:"))
@@ -114,7 +114,7 @@ fn summary(b: &Bench, name: &str) -> String {
 }
 
 /// The count after `what` (e.g. "chacha20poly1305 in replayed") in a summary, 0 if absent.
-fn count_in(summary: &str, what: &str) -> u64 {
+pub(crate) fn count_in(summary: &str, what: &str) -> u64 {
     summary
         .split(what)
         .nth(1)

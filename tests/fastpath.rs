@@ -12,7 +12,9 @@ use lametun::testnet::{self, Bench, SERVER_TUN, SERVER_TUN6, Side};
 use lametun_core::testing::packets;
 
 use crate::encrypted;
-use crate::netns::{bench, start_pair, tcp_intact, tcp_intact_from};
+use crate::netns::{
+    bench, io_counted_per_thread, port_on_queue, start_pair, tcp_intact, tcp_intact_from, thread_io,
+};
 
 /// One datagram of the mixed-size streams: its index, then a pattern of its own.
 fn datagram(i: u32, size: usize) -> Vec<u8> {
@@ -173,58 +175,6 @@ fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6005), 50 << 20);
 }
 
-/// Whether the kernel counts IO per thread (`/proc/<pid>/task/<tid>/io`); says why the
-/// test skips when it does not, and fails under `LAMETUN_REQUIRE_NETNS=1` (CI).
-fn io_counted_per_thread() -> bool {
-    if std::path::Path::new("/proc/self/task").exists()
-        && std::path::Path::new("/proc/self/io").exists()
-    {
-        return true;
-    }
-    let why = "this kernel does not count IO per thread (/proc/<pid>/task/<tid>/io)";
-    assert!(
-        std::env::var("LAMETUN_REQUIRE_NETNS").as_deref() != Ok("1"),
-        "LAMETUN_REQUIRE_NETNS=1 but {why}"
-    );
-    eprintln!("skipped: {why}");
-    false
-}
-
-/// What thread `name` of process `pid` read and wrote, as the kernel counts it per
-/// thread: read calls (`syscr`), bytes read (`rchar`) and bytes written (`wchar`) with
-/// read/write calls (TUN reads and writes; socket receives and sends are not counted).
-struct ThreadIo {
-    read_calls: u64,
-    read: u64,
-    written: u64,
-}
-
-fn thread_io(pid: u32, name: &str) -> ThreadIo {
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = task.unwrap().path();
-        if std::fs::read_to_string(dir.join("comm"))
-            .unwrap_or_default()
-            .trim()
-            != name
-        {
-            continue;
-        }
-        let io = std::fs::read_to_string(dir.join("io")).unwrap();
-        let field = |key: &str| -> u64 {
-            io.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("no {key} in {io}"))
-        };
-        return ThreadIo {
-            read_calls: field("syscr:"),
-            read: field("rchar:"),
-            written: field("wchar:"),
-        };
-    }
-    panic!("process {pid} has no thread {name}");
-}
-
 /// Read calls and bytes read by thread `name` of process `pid`.
 fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
     let io = thread_io(pid, name);
@@ -281,7 +231,7 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
 /// When every write went to queue 0, the second thread read almost nothing.
 ///
 /// Server side, the inbound threads: client outbound thread *i* sends from its own
-/// socket, and the client's sockets have consecutive ports; the server's sockets share
+/// socket (`--sockets per-worker`), and the client's sockets have consecutive ports; the server's sockets share
 /// the tunnel port and the kernel hands each datagram to the one of its source port mod
 /// 2, so each server inbound thread receives one client socket's flows. With one socket
 /// per end, one server thread received everything.
@@ -295,7 +245,11 @@ fn the_flows_of_a_two_worker_tunnel_spread_over_both_workers_of_each_end() {
         return;
     }
     let Some(mut b) = bench("spread") else { return };
-    let pids = start_pair(&mut b, &["--workers", "2"], &["--workers", "2"]);
+    let pids = start_pair(
+        &mut b,
+        &["--workers", "2"],
+        &["--workers", "2", "--sockets", "per-worker"],
+    );
     assert!(b.log("client").contains("sockets=2"), "{}", b.log("client"));
     assert!(b.log("server").contains("sockets=2"), "{}", b.log("server"));
     flows_spread(&b, pids);
@@ -313,53 +267,57 @@ fn the_flows_of_a_two_worker_encrypted_tunnel_spread_and_none_is_refused_as_repl
     let Some(mut b) = bench("spreadenc") else {
         return;
     };
-    let (_, server, client) = encrypted::start_pair_with(&mut b, &["--workers", "2"]);
+    let (_, server, client) =
+        encrypted::start_pair_with(&mut b, &["--workers", "2", "--sockets", "per-worker"]);
     flows_spread(&b, (server, client));
     assert_eq!(b.stop("server"), Some(0));
-    let log = b.log("server");
-    let summary = log
-        .lines()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no summary in the server's log:\n{log}"));
-    assert!(!summary.contains("replayed"), "{summary}");
+    let summary = encrypted::summary(&b, "server");
+    assert_eq!(
+        encrypted::count_in(&summary, "chacha20poly1305 in replayed"),
+        0,
+        "{summary}"
+    );
 }
 
-/// Sixteen TCP transfers from the client of `(server, client)` (PIDs), checked intact,
-/// and how their bytes spread over the threads (see the tests above).
-fn flows_spread(b: &Bench, (server_pid, client_pid): (u32, u32)) {
-    // Eight flows per queue: (server port, client port), as the client's inbound
-    // thread sees them (server to client).
-    let ip = |s: &str| match s.parse() {
-        Ok(std::net::IpAddr::V4(a)) => a.octets(),
-        _ => unreachable!("IPv4 tunnel addresses"),
-    };
-    let (server_ip, client_ip) = (ip(SERVER_TUN), ip(testnet::CLIENT_TUN));
-    let mut ports = 42_000u16..;
-    let flows: Vec<(u16, u16)> = (0..16u16)
+/// A client with two sockets and a server with one: the server's one path hears both
+/// ports, datagram after datagram, and keeps answering one while it is active. Moving
+/// with every datagram, as the Go lametun does, would spread the replies of a flow over
+/// both client sockets, where two threads receive them (and log and count a change per
+/// datagram). It may move when the port it answers goes quiet: a few times at most.
+#[test]
+fn a_server_with_one_socket_keeps_to_one_port_of_a_client_with_two() {
+    let Some(mut b) = bench("fewer") else { return };
+    start_pair(
+        &mut b,
+        &["--workers", "1"],
+        &["--workers", "2", "--sockets", "per-worker"],
+    );
+    assert!(b.log("server").contains("sockets=1"), "{}", b.log("server"));
+    assert!(b.log("client").contains("sockets=2"), "{}", b.log("client"));
+    transfer_all(&b, &sixteen_flows(), 4 << 20);
+    assert_eq!(b.stop("server"), Some(0));
+    let summary = encrypted::summary(&b, "server");
+    let changes = encrypted::count_in(&summary, "peer address changes");
+    assert!((1..=4).contains(&changes), "{summary}");
+}
+
+/// Sixteen flows, eight on each of two queues: (server port, client port).
+fn sixteen_flows() -> Vec<(u16, u16)> {
+    let mut from = 42_000;
+    (0..16u16)
         .map(|i| {
             let server = 6100 + i;
-            let queue = |port| {
-                let p = packets::tcp_syn_v4(server_ip, client_ip, server, port);
-                lametun::gro::flow_queue(&p, 2)
-            };
-            let port = ports.find(|&p| queue(p) == usize::from(i % 2)).unwrap();
+            let queue = usize::from(i % 2);
+            let port = port_on_queue((testnet::CLIENT_TUN, SERVER_TUN, server), queue, 2, from);
+            from = port + 1;
             (server, port)
         })
-        .collect();
-    assert_eq!(flows.len(), 16);
-    // Client: bytes read from the TUN by each outbound thread, and by the inbound
-    // threads (the answers they send themselves). Server: bytes each inbound thread
-    // wrote to the TUN.
-    let client = ["lametun-out0", "lametun-out1", "lametun-in0", "lametun-in1"];
-    let server = ["lametun-in0", "lametun-in1"];
-    let io = || {
-        (
-            client.map(|t| thread_io(client_pid, t).read),
-            server.map(|t| thread_io(server_pid, t).written),
-        )
-    };
-    let before = io();
-    let each = 32 << 20;
+        .collect()
+}
+
+/// A TCP transfer of `each` bytes from the client for each of `flows`, all at once,
+/// each checked intact.
+fn transfer_all(b: &Bench, flows: &[(u16, u16)], each: usize) {
     std::thread::scope(|scope| {
         let transfers: Vec<_> = flows
             .iter()
@@ -374,6 +332,26 @@ fn flows_spread(b: &Bench, (server_pid, client_pid): (u32, u32)) {
             t.join().expect("a transfer failed");
         }
     });
+}
+
+/// Sixteen TCP transfers from the client of `(server, client)` (PIDs), checked intact,
+/// and how their bytes spread over the threads (see the tests above).
+fn flows_spread(b: &Bench, (server_pid, client_pid): (u32, u32)) {
+    let flows = sixteen_flows();
+    // Client: bytes read from the TUN by each outbound thread, and by the inbound
+    // threads (the answers they send themselves). Server: bytes each inbound thread
+    // wrote to the TUN.
+    let client = ["lametun-out0", "lametun-out1", "lametun-in0", "lametun-in1"];
+    let server = ["lametun-in0", "lametun-in1"];
+    let io = || {
+        (
+            client.map(|t| thread_io(client_pid, t).read),
+            server.map(|t| thread_io(server_pid, t).written),
+        )
+    };
+    let before = io();
+    let each = 32 << 20;
+    transfer_all(b, &flows, each);
     let after = io();
     let read: [u64; 4] = std::array::from_fn(|t| after.0[t] - before.0[t]);
     let written: [u64; 2] = std::array::from_fn(|t| after.1[t] - before.1[t]);

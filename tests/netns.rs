@@ -32,6 +32,79 @@ const CLIENT_CIDR: &str = "172.31.255.7/24";
 const SERVER_CIDR6: &str = "fd31::13/64";
 const CLIENT_CIDR6: &str = "fd31::7/64";
 
+/// Whether the kernel counts IO per thread (`/proc/<pid>/task/<tid>/io`); says why the
+/// test skips when it does not, and fails under `LAMETUN_REQUIRE_NETNS=1` (CI).
+pub(crate) fn io_counted_per_thread() -> bool {
+    if std::path::Path::new("/proc/self/task").exists()
+        && std::path::Path::new("/proc/self/io").exists()
+    {
+        return true;
+    }
+    let why = "this kernel does not count IO per thread (/proc/<pid>/task/<tid>/io)";
+    assert!(
+        std::env::var("LAMETUN_REQUIRE_NETNS").as_deref() != Ok("1"),
+        "LAMETUN_REQUIRE_NETNS=1 but {why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// What thread `name` of process `pid` read and wrote, as the kernel counts it per
+/// thread: read calls (`syscr`), bytes read (`rchar`) and bytes written (`wchar`) with
+/// read/write calls (TUN reads and writes; socket receives and sends are not counted).
+pub(crate) struct ThreadIo {
+    pub(crate) read_calls: u64,
+    pub(crate) read: u64,
+    pub(crate) written: u64,
+}
+
+pub(crate) fn thread_io(pid: u32, name: &str) -> ThreadIo {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = task.unwrap().path();
+        if std::fs::read_to_string(dir.join("comm"))
+            .unwrap_or_default()
+            .trim()
+            != name
+        {
+            continue;
+        }
+        let io = std::fs::read_to_string(dir.join("io")).unwrap();
+        let field = |key: &str| -> u64 {
+            io.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in {io}"))
+        };
+        return ThreadIo {
+            read_calls: field("syscr:"),
+            read: field("rchar:"),
+            written: field("wchar:"),
+        };
+    }
+    panic!("process {pid} has no thread {name}");
+}
+
+/// The first TCP source port from `from` on whose flow from `src` to `dst:dst_port`
+/// (IPv4 addresses) `flow_queue` puts on queue `queue` of `queues`: the queue where the
+/// flow's packets are written, and read by that queue's outbound thread.
+pub(crate) fn port_on_queue(
+    (src, dst, dst_port): (&str, &str, u16),
+    queue: usize,
+    queues: usize,
+    from: u16,
+) -> u16 {
+    let ip = |s: &str| match s.parse() {
+        Ok(std::net::IpAddr::V4(a)) => a.octets(),
+        _ => panic!("{s}: not an IPv4 address"),
+    };
+    (from..=u16::MAX)
+        .find(|&port| {
+            let p = lametun_core::testing::packets::tcp_syn_v4(ip(src), ip(dst), port, dst_port);
+            lametun::gro::flow_queue(&p, queues) == queue
+        })
+        .expect("a port on every queue")
+}
+
 /// Sends `bytes` over TCP to a listener on `listen` in `receiver`'s namespace from the
 /// other namespace, and checks by SHA-256 that they arrived intact.
 pub(crate) fn tcp_intact(b: &Bench, receiver: Side, listen: SocketAddr, bytes: usize) -> Transfer {
@@ -505,10 +578,15 @@ fn the_go_lametun_as_server_talks_to_ours() {
             "tun0",
             "--address",
             CLIENT_CIDR,
+            "--workers",
+            "2",
         ],
     )
     .unwrap();
     wait_up(&b);
+    // Two workers, one socket: the Go server answers the last address it heard from,
+    // so a client that sent from two ports would get a flow's packets on both.
+    assert!(b.log("client").contains("sockets=1"), "{}", b.log("client"));
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5005), 5 << 20);
     // Our keepalive (a bare packet-information header) did not make it exit.
@@ -527,20 +605,21 @@ fn the_go_lametun_as_server_talks_to_ours() {
 fn our_server_talks_to_the_go_lametun_as_client() {
     let Some(go) = go_lametun() else { return };
     let Some(mut b) = bench("goc") else { return };
-    b.lametun(
-        Side::Server,
-        "server",
-        &[
-            "-listen",
-            "-device",
-            "tun0",
-            "--address",
-            SERVER_CIDR,
-            "--workers",
-            "2",
-        ],
-    )
-    .unwrap();
+    let server = b
+        .lametun(
+            Side::Server,
+            "server",
+            &[
+                "-listen",
+                "-device",
+                "tun0",
+                "--address",
+                SERVER_CIDR,
+                "--workers",
+                "2",
+            ],
+        )
+        .unwrap();
     b.binary = go;
     b.spawn(
         Side::Client,
@@ -553,21 +632,18 @@ fn our_server_talks_to_the_go_lametun_as_client() {
     wait_up(&b);
     assert_eq!(b.ping(Side::Server, CLIENT_TUN, 3, None, false).unwrap(), 3);
     assert!(b.log("server").contains("sockets=2"), "{}", b.log("server"));
-    let ip = |s: &str| match s.parse() {
-        Ok(std::net::IpAddr::V4(a)) => a.octets(),
-        _ => unreachable!("IPv4 tunnel addresses"),
-    };
-    let (server_ip, client_ip) = (ip(SERVER_TUN), ip(CLIENT_TUN));
+    let counted = io_counted_per_thread();
     for queue in [0, 1] {
-        let port = (42_000u16..)
-            .find(|&port| {
-                let p =
-                    lametun_core::testing::packets::tcp_syn_v4(server_ip, client_ip, port, 5006);
-                lametun::gro::flow_queue(&p, 2) == queue
-            })
-            .unwrap();
+        let thread = format!("lametun-out{queue}");
+        let before = counted.then(|| thread_io(server, &thread).read);
+        let port = port_on_queue((SERVER_TUN, CLIENT_TUN, 5006), queue, 2, 42_000);
         let to = testnet::addr(CLIENT_TUN, 5006);
         tcp_intact_from(&b, Side::Client, to, Some(port), 5 << 20);
+        if let Some(before) = before {
+            // The flow was read, and sent, by the outbound thread of its queue.
+            let read = thread_io(server, &thread).read - before;
+            assert!(read >= 5 << 20, "{thread} read {read} bytes");
+        }
     }
 }
 

@@ -168,16 +168,46 @@ impl Workers {
 
     /// How many workers for a machine with `cpus` CPUs.
     ///
-    /// Each worker is a TUN queue and a UDP socket, with an outbound thread (queue to
-    /// socket) and an inbound thread (socket to every queue): a busy worker keeps two
-    /// CPUs busy. On 2 CPUs two workers were no faster than one for a single TCP stream
-    /// (plaintext and encrypted, within noise), and 5-11% faster plaintext, 0-3%
-    /// encrypted, for four streams: too little to give up the CPUs that the
-    /// applications need.
+    /// Each worker is a TUN queue with an outbound thread, and (on a server, or with
+    /// [`Sockets::PerWorker`]) a UDP socket with an inbound thread: a busy worker keeps
+    /// two CPUs busy. On 2 CPUs two workers were no faster than one for a single TCP
+    /// stream (plaintext and encrypted, within noise), and 5-11% faster plaintext, 0-3%
+    /// encrypted, for four streams with a socket each: too little to give up the CPUs
+    /// that the applications need.
     pub fn resolve(self, cpus: usize) -> usize {
         match self {
             Self::Auto => (cpus / 2).clamp(1, Self::AUTO_MAX),
             Self::Count(n) => usize::from(n),
+        }
+    }
+}
+
+/// `sockets:` how many UDP sockets carry the tunnel (see [`Sockets::resolve`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sockets {
+    /// One per worker on a listener, one on a client.
+    Auto,
+    /// One, however many workers.
+    One,
+    /// One per worker, also on a client.
+    PerWorker,
+}
+
+impl Sockets {
+    /// How many sockets a `listening` (or connecting) end with `workers` workers opens.
+    ///
+    /// Each socket has a receiving thread. A listener's sockets share its port, and the
+    /// kernel hands each one the datagrams of some client ports: that costs nothing
+    /// when the client has one socket, hence one per worker by default. A client with
+    /// one socket per worker sends from several ports, which spreads the server's
+    /// receiving work only if the server is a lametun with as many workers; a server
+    /// that learns one address (the Go lametun, or a lametun with one worker) answers
+    /// one of the ports. So a client opens several only when told to (`per-worker`).
+    pub fn resolve(self, listening: bool, workers: usize) -> usize {
+        match self {
+            Self::Auto if listening => workers,
+            Self::Auto | Self::One => 1,
+            Self::PerWorker => workers,
         }
     }
 }
@@ -187,8 +217,10 @@ impl Workers {
 pub struct IoConfig {
     /// Use TUN and UDP offloads (TSO/GRO, GSO/GRO) where the kernel has them.
     pub offload: bool,
-    /// Number of workers (TUN queues and sockets, two threads each).
+    /// Number of workers (a TUN queue each, with its threads).
     pub workers: Workers,
+    /// How many UDP sockets.
+    pub sockets: Sockets,
     /// `SO_SNDBUF`/`SO_RCVBUF` to ask for, in bytes.
     pub socket_buffer: usize,
 }
@@ -198,6 +230,7 @@ impl Default for IoConfig {
         Self {
             offload: true,
             workers: Workers::Auto,
+            sockets: Sockets::Auto,
             socket_buffer: DEFAULT_SOCKET_BUFFER,
         }
     }
@@ -397,6 +430,7 @@ struct RawPeer {
 struct RawIo {
     offload: Option<bool>,
     workers: Option<yaml_serde::Value>,
+    sockets: Option<yaml_serde::Value>,
     socket_buffer: Option<usize>,
 }
 
@@ -492,6 +526,18 @@ fn parse_keepalive(value: &yaml_serde::Value) -> Result<Option<Duration>, String
             None => Err(format!("{expected}, found {n}")),
         },
         other => Err(format!("{expected}, found {}", describe(other))),
+    }
+}
+
+fn parse_sockets(value: &yaml_serde::Value) -> Result<Sockets, String> {
+    match value {
+        yaml_serde::Value::String(s) if s == "auto" => Ok(Sockets::Auto),
+        yaml_serde::Value::String(s) if s == "one" => Ok(Sockets::One),
+        yaml_serde::Value::String(s) if s == "per-worker" => Ok(Sockets::PerWorker),
+        other => Err(format!(
+            "expected \"auto\", \"one\" or \"per-worker\", found {}",
+            describe(other)
+        )),
     }
 }
 
@@ -678,6 +724,12 @@ impl TunnelConfig {
                     Err(e) => p.error("io.workers", e),
                 }
             }
+            if let Some(v) = raw.sockets {
+                match parse_sockets(&v) {
+                    Ok(v) => io.sockets = v,
+                    Err(e) => p.error("io.sockets", e),
+                }
+            }
             if let Some(b) = raw.socket_buffer {
                 if !(64 << 10..=1 << 30).contains(&b) {
                     p.error(
@@ -860,6 +912,7 @@ peer:
 io:
   offload: false
   workers: 2
+  sockets: per-worker
 pipeline:
   - type: passthrough
 ";
@@ -876,6 +929,7 @@ pipeline:
         assert_eq!(c.peer.keepalive(), Some(Duration::from_secs(10)));
         assert_eq!(c.peer.underlay_mtu, 1492);
         assert_eq!(c.io.workers, Workers::Count(2));
+        assert_eq!(c.io.sockets, Sockets::PerWorker);
         assert!(!c.io.offload);
         assert_eq!(c.pipeline[0].type_name, "passthrough");
     }
@@ -887,6 +941,19 @@ pipeline:
             .to_vec();
         assert_eq!(auto, [1, 1, 1, 2, 4, 4]);
         assert_eq!(Workers::Count(3).resolve(2), 3);
+    }
+
+    #[test]
+    fn a_client_opens_one_socket_unless_told_to_open_one_per_worker() {
+        assert_eq!(Sockets::Auto.resolve(true, 3), 3);
+        assert_eq!(Sockets::Auto.resolve(false, 3), 1);
+        assert_eq!(Sockets::One.resolve(true, 3), 1);
+        assert_eq!(Sockets::PerWorker.resolve(false, 3), 3);
+        let e = TunnelConfig::from_yaml("io:\n  sockets: 2\n", None).unwrap_err();
+        assert_eq!(
+            e.0[0].message,
+            "expected \"auto\", \"one\" or \"per-worker\", found 2"
+        );
     }
 
     #[test]

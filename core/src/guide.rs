@@ -207,8 +207,9 @@
 //! | [`background`](crate::Stage::background) | once, at start | a future run beside the tunnel |
 //!
 //! **`&self`, `Send + Sync`.** One chain serves every thread of the driver: one per
-//! TUN queue reading outbound packets, and one for the socket. So `outbound` runs on
-//! several threads at once, each with its own packet. A stage keeps changing state in
+//! TUN queue reading outbound packets, and one per UDP socket receiving inbound ones.
+//! So `outbound` and `inbound` run on several threads at once, each with its own
+//! packet. A stage keeps changing state in
 //! atomics (`AtomicU64::fetch_add` for a counter or a nonce), or behind a lock it
 //! holds briefly (a replay window), or in per-thread structures; it never needs
 //! `&mut self`. The compiler enforces `Sync`; the conformance kit runs `outbound` on

@@ -13,7 +13,7 @@
 //!
 //! The per-packet methods are synchronous and edit a [`PacketBuf`] in place. They take
 //! `&self` because the driver runs one chain for all its worker threads (one per TUN
-//! queue and one for the socket): state that changes per packet lives in atomics or
+//! queue and one per UDP socket): state that changes per packet lives in atomics or
 //! behind a lock the stage chooses (a send counter is one `fetch_add`; a replay window
 //! is a short critical section). Stages never do IO and never read the clock: time
 //! arrives in [`PacketMeta::now`] and [`Stage::on_tick`].
