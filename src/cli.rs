@@ -107,8 +107,7 @@ pub struct Cli {
     /// Keepalive interval, e.g. 25s, or "off".
     #[arg(long, value_name = "DURATION")]
     pub keepalive: Option<String>,
-    /// Number of workers: TUN queues, each with a sending and a receiving thread
-    /// ("auto" or a number).
+    /// Number of workers: TUN queues, each with a sending thread ("auto" or a number).
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
     /// UDP sockets: "auto" (one per worker on a server, one on a client), "one", or

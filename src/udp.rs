@@ -94,9 +94,14 @@ pub fn bind(addr: SocketAddr, buffer: usize, offload: bool) -> Result<Udp, Setup
 ///   lametuns started in the same instant could both pass the probe, and another
 ///   program of the same user that sets `SO_REUSEPORT` can join the group: the kernel
 ///   allows it.)
-/// - A client's sockets take consecutive ports when they are free, so that their
-///   datagrams go to different sockets of a listener that steers so; a port in use
-///   is replaced by any free one (logged: the spread is then left to chance).
+/// - A client's sockets take consecutive ports from a multiple of `count` when they are
+///   free: socket *i* has a port equal to *i* mod `count`, so a listener with as many
+///   sockets receives its datagrams on socket *i* too. The flows that the client sends
+///   from socket *i* are those of its TUN queue *i*, which the listener writes on its
+///   queue *i* and answers from its socket *i*, to the address its path *i* learned:
+///   client socket *i* again. Both directions of a flow keep to one socket pair, and the
+///   path that answers a flow is kept fresh by the flow itself. When no such block of
+///   ports is free after a few tries, consecutive ports, or any (logged).
 pub fn bind_paths(
     addr: SocketAddr,
     count: usize,
@@ -122,27 +127,58 @@ pub fn bind_paths(
             sockets.push(finish(socket, buffer, offload)?);
         }
     } else {
-        let first = bind(addr, buffer, offload)?;
-        let (ip, base) = (first.local.ip(), first.local.port());
-        sockets.push(first);
-        for i in 1..count {
-            let next = u16::try_from(usize::from(base) + i)
-                .ok()
-                .and_then(|port| open(SocketAddr::new(ip, port), false).ok());
-            match next {
-                Some(socket) => sockets.push(finish(socket, buffer, offload)?),
-                None => {
-                    let other = bind(SocketAddr::new(ip, 0), buffer, offload)?;
-                    tracing::info!(
-                        "UDP port {} is taken: socket {i} uses {}, not next to the others",
-                        usize::from(base) + i,
-                        other.local.port()
-                    );
-                    sockets.push(other);
-                }
-            }
+        sockets = client_sockets(addr, count, buffer, offload)?;
+    }
+    Ok(sockets)
+}
+
+/// A client's `count` sockets (see [`bind_paths`]): the block of `count` ports from a
+/// multiple of `count` around an ephemeral port the kernel picks, if all are free (a
+/// few tries); else consecutive ports from an ephemeral one; else any.
+fn client_sockets(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+    offload: bool,
+) -> Result<Vec<Udp>, SetupError> {
+    const TRIES: usize = 8;
+    let any = SocketAddr::new(addr.ip(), 0);
+    let port_of = |s: &Socket| s.local_addr().ok().and_then(|a| a.as_socket());
+    for _ in 0..TRIES {
+        let probe = open_any(any, false)?;
+        let Some(local) = port_of(&probe) else { break };
+        let base = usize::from(local.port()) / count * count;
+        let mut probe = Some(probe);
+        let block: Option<Vec<Socket>> = (base..base + count)
+            .map(|port| match u16::try_from(port).ok()? {
+                p if p == local.port() => probe.take(),
+                p => open(SocketAddr::new(local.ip(), p), false).ok(),
+            })
+            .collect();
+        if let Some(block) = block {
+            return block
+                .into_iter()
+                .map(|s| finish(s, buffer, offload))
+                .collect();
         }
     }
+    let first = bind(any, buffer, offload)?;
+    let (ip, from) = (first.local.ip(), usize::from(first.local.port()));
+    let mut sockets = vec![first];
+    for i in 1..count {
+        let next = u16::try_from(from + i)
+            .ok()
+            .and_then(|port| open(SocketAddr::new(ip, port), false).ok());
+        sockets.push(match next {
+            Some(socket) => finish(socket, buffer, offload)?,
+            None => bind(SocketAddr::new(ip, 0), buffer, offload)?,
+        });
+    }
+    let ports: Vec<u16> = sockets.iter().map(|s| s.local.port()).collect();
+    tracing::info!(
+        ?ports,
+        "no free block of {count} UDP ports from a multiple of {count}: a server with as many sockets may answer a flow on another socket pair"
+    );
     Ok(sockets)
 }
 
@@ -321,6 +357,9 @@ mod tests {
         let paths = bind_paths(SocketAddr::new(listen, port), 2, 1 << 16, false).unwrap();
         let senders = bind_paths(SocketAddr::new(client, 0), 2, 1 << 16, false).unwrap();
         let ports: Vec<u16> = senders.iter().map(|c| c.local.port()).collect();
+        // Socket i's port is i mod 2 (unless no block of two ports was free).
+        assert_eq!(ports[0] % 2, 0, "{ports:?}");
+        assert_eq!(ports[1], ports[0] + 1, "{ports:?}");
         for c in &senders {
             for i in 0..5u8 {
                 c.socket.send_to(&[i], (client, port)).unwrap();
@@ -340,10 +379,7 @@ mod tests {
                 from_ports.iter().all(|p| usize::from(*p) % 2 == index),
                 "socket {index} got datagrams from ports {from_ports:?}"
             );
-            if ports[0] % 2 != ports[1] % 2 {
-                // Consecutive, as they are unless a port was taken.
-                assert_eq!(from_ports.len(), 5, "socket {index}: {from_ports:?}");
-            }
+            assert_eq!(from_ports.len(), 5, "socket {index}: {from_ports:?}");
             received += from_ports.len();
         }
         assert_eq!(received, 10);

@@ -154,11 +154,11 @@ impl PeerConfig {
 /// `workers: auto` or a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workers {
-    /// One per two CPUs (each worker has a thread per direction), at least one, at most
-    /// [`Workers::AUTO_MAX`].
+    /// One per two CPUs (a busy worker can use two: see [`Workers::resolve`]), at least
+    /// one, at most [`Workers::AUTO_MAX`].
     Auto,
-    /// Exactly this many (TUN queues and sockets, each with a sending and a receiving
-    /// thread).
+    /// Exactly this many (TUN queues, each with a sending thread; the sockets follow
+    /// [`Sockets`]).
     Count(u16),
 }
 

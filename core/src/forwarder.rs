@@ -45,8 +45,13 @@
 //!   from the client. [`peer`](Forwarder::peer) returns it too.
 //!
 //! With one path (the default on a client, and the Go lametun's way) this is the
-//! article's rule, answer the last address heard from, except that a second port of the
-//! same host has to be quiet for [`PATH_FRESH`] before it replaces an active one.
+//! article's rule, answer the last address heard from, except that a new port of the
+//! same host replaces the known one only once the known one has been quiet for
+//! [`PATH_FRESH`].
+//!
+//! These rules keep a flow's replies on one client socket when the driver lines the
+//! paths up with the flows (a client's socket *i* reaching the server's path *i*, which
+//! answers the flows the client sent from socket *i*: see the driver's `bind_paths`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -140,6 +145,8 @@ pub struct Forwarder {
     last_sent_ms: AtomicU64,
     counters: TunnelCounters,
     drop_log: LogLimiter,
+    /// Limits the lines about a path's new port (a few a second at most anyway).
+    peer_log: LogLimiter,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -192,6 +199,7 @@ impl Forwarder {
             last_sent_ms: AtomicU64::new(0),
             counters: TunnelCounters::default(),
             drop_log: LogLimiter::new(10),
+            peer_log: LogLimiter::new(2),
         });
         let weak: std::sync::Weak<dyn SnapshotSource> = Arc::downgrade(&fwd) as _;
         telemetry.attach(weak);
@@ -271,7 +279,7 @@ impl Forwarder {
         let (index, seen) = self
             .paths
             .iter()
-            .map(|p| p.seen_ms.load(Ordering::Relaxed))
+            .map(|p| p.seen_ms.load(Ordering::Acquire))
             .enumerate()
             .max_by_key(|&(i, seen)| (seen, std::cmp::Reverse(i)))?;
         Some((seen, *self.paths[index].endpoint.load().as_deref()?))
@@ -280,7 +288,7 @@ impl Forwarder {
     /// Whether `path`, which knows `e`, heard from it within [`PATH_FRESH`] of the
     /// `newest` datagram, and `e` is on the host that datagram came from.
     fn fresh(path: &PathPeer, (top, newest): (u64, Endpoint), e: &Endpoint) -> bool {
-        let seen = path.seen_ms.load(Ordering::Relaxed);
+        let seen = path.seen_ms.load(Ordering::Acquire);
         seen != 0 && top.saturating_sub(seen) <= PATH_FRESH_MS && e.addr.ip() == newest.addr.ip()
     }
 
@@ -480,7 +488,9 @@ impl Forwarder {
                         tracing::info!(old = %k.addr, new = %from, "peer address changed")
                     }
                     (Some(_), Some(k)) if k.addr != from => {
-                        tracing::debug!(path, old = %k.addr, new = %from, "peer port changed on a path")
+                        if let LogPermit::Log { suppressed } = self.peer_log.check(now) {
+                            tracing::info!(path, old = %k.addr, new = %from, suppressed, "peer port changed on a path");
+                        }
                     }
                     (Some(_), Some(_)) => {
                         tracing::debug!(peer = %from, local = ?local_ip, "peer's local address changed")
@@ -494,7 +504,8 @@ impl Forwarder {
             }
         }
         if seen < ms {
-            own.seen_ms.store(ms, Ordering::Relaxed);
+            // Release: whoever sees this time also sees the address stored above.
+            own.seen_ms.store(ms, Ordering::Release);
         }
     }
 
@@ -921,12 +932,54 @@ mod tests {
         forged[0] = 0xff;
         let mut pkt = PacketBuf::with_data(&mut storage, 0, &forged);
         let attacker: SocketAddr = "203.0.113.66:1234".parse().unwrap();
+        // Later than the client's datagram: had it been learned, it would be the newest.
+        let t1 = t0 + Duration::from_millis(1);
         assert!(matches!(
-            f.handle_udp_on(1, &mut pkt, attacker, None, t0),
+            f.handle_udp_on(1, &mut pkt, attacker, None, t1),
             Outcome::Drop(_)
         ));
         assert_eq!(addr_for(&f, 1), addr(CLIENT));
+        assert_eq!(addr_for(&f, 0), addr(CLIENT));
         assert_eq!(f.counters().peer_changes.get(), 1);
+    }
+
+    #[test]
+    fn a_new_local_address_moves_the_path_at_once() {
+        let f = listener_with_paths(1, Pipeline::new());
+        let t0 = Instant::now();
+        arrive(&f, 0, CLIENT, t0);
+        let mut storage = [0u8; 64];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &icmp_v4());
+        let local: IpAddr = "192.0.2.80".parse().unwrap();
+        f.handle_udp_on(0, &mut pkt, addr(CLIENT), Some(local), t0);
+        let peer = f.peer_for(0).unwrap();
+        assert_eq!((peer.addr, peer.local_ip), (addr(CLIENT), Some(local)));
+        assert_eq!(f.counters().peer_changes.get(), 2);
+    }
+
+    /// A NAT gives the client's socket a new port, which the server steers to another
+    /// path: the old path stays fresh for up to PATH_FRESH, and is the primary (it is
+    /// path 0) until then; after that everything answers the new port.
+    #[test]
+    fn a_rebound_client_socket_is_answered_within_path_fresh() {
+        let f = listener_with_paths(2, Pipeline::new());
+        let t0 = Instant::now();
+        arrive(&f, 0, CLIENT, t0);
+        let mut t = t0;
+        while t < t0 + PATH_FRESH {
+            t += Duration::from_millis(10);
+            arrive(&f, 1, CLIENT_2, t);
+            let expected = if t - t0 <= PATH_FRESH {
+                CLIENT
+            } else {
+                CLIENT_2
+            };
+            assert_eq!(f.peer().unwrap().addr, addr(expected), "{:?}", t - t0);
+        }
+        t += Duration::from_millis(10);
+        arrive(&f, 1, CLIENT_2, t);
+        assert_eq!(addr_for(&f, 0), addr(CLIENT_2));
+        assert_eq!(addr_for(&f, 1), addr(CLIENT_2));
     }
 
     #[test]

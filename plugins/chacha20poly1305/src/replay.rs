@@ -22,7 +22,7 @@
 //! datagrams, waiting in its socket, are then that far behind. At 5 Gbit/s (about 430
 //! thousand datagrams a second) a wait of 10 ms is 4300 counters: with a window of
 //! 4032, two workers on two CPUs lost 1.1% of their datagrams (`replayed`) in a 5 s
-//! transfer. This window covers a wait of 300 ms at that rate, longer than TCP waits
+//! iperf3 run, and 1.6-4.3% in a test of 16 TCP flows. This window covers a wait of 300 ms at that rate, longer than TCP waits
 //! before it retransmits anyway. The width costs no security: within the window every
 //! counter is still accepted at most once.
 //!
