@@ -108,28 +108,36 @@ pub fn bind_paths(
     buffer: usize,
     offload: bool,
 ) -> Result<Vec<Udp>, SetupError> {
-    if count <= 1 {
-        return Ok(vec![bind(addr, buffer, offload)?]);
+    match count {
+        0 | 1 => Ok(vec![bind(addr, buffer, offload)?]),
+        _ if addr.port() != 0 => listener_sockets(addr, count, buffer, offload),
+        _ => client_sockets(addr, count, buffer, offload),
     }
-    let mut sockets = Vec::with_capacity(count);
-    if addr.port() != 0 {
-        let local = open_any(addr, false)?
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(addr);
-        // The probe is closed here; the group binds where it bound.
-        for i in 0..count {
+}
+
+/// A listener's `count` sockets on one port (see [`bind_paths`]): a probe without
+/// `SO_REUSEPORT` first, then the group, steered by source port.
+fn listener_sockets(
+    addr: SocketAddr,
+    count: usize,
+    buffer: usize,
+    offload: bool,
+) -> Result<Vec<Udp>, SetupError> {
+    let local = open_any(addr, false)?
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(addr);
+    // The probe is closed here; the group binds where it bound.
+    (0..count)
+        .map(|i| {
             let socket = open_any(local, true)?;
             if i == 0 {
                 steer_by_source_port(&socket, count);
             }
-            sockets.push(finish(socket, buffer, offload)?);
-        }
-    } else {
-        sockets = client_sockets(addr, count, buffer, offload)?;
-    }
-    Ok(sockets)
+            finish(socket, buffer, offload)
+        })
+        .collect()
 }
 
 /// A client's `count` sockets (see [`bind_paths`]): the block of `count` ports from a

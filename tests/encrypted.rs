@@ -15,7 +15,7 @@ use lametun::testnet::{self, Bench, CLIENT_TUN, CLIENT_UL, SERVER_TUN, SERVER_UL
 use lametun_stage_chacha20poly1305::generate_key;
 
 use crate::lametun_bin;
-use crate::netns::{bench, tcp_intact};
+use crate::netns::{bench, count_in, summary, tcp_intact};
 
 /// The MTU of an encrypted tunnel over IPv4 without the packet-information header:
 /// 1500 - 20 (IPv4) - 8 (UDP) - 16 (header) - 16 (tag).
@@ -102,25 +102,6 @@ fn logs(b: &Bench, names: &[&str]) -> String {
 fn mtu_of(b: &Bench, side: Side) -> usize {
     let out = b.exec(side, &["cat", "/sys/class/net/tun0/mtu"]).unwrap();
     String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-}
-
-/// The shutdown summary of process `name` (after [`Bench::stop`]).
-pub(crate) fn summary(b: &Bench, name: &str) -> String {
-    b.log(name)
-        .lines()
-        .find(|l| l.contains("stopped:"))
-        .unwrap_or_else(|| panic!("no summary in the log of {name}:\n{}", b.log(name)))
-        .to_owned()
-}
-
-/// The count after `what` (e.g. "chacha20poly1305 in replayed") in a summary, 0 if absent.
-pub(crate) fn count_in(summary: &str, what: &str) -> u64 {
-    summary
-        .split(what)
-        .nth(1)
-        .and_then(|rest| rest.split([',', ' ']).find(|s| !s.is_empty()))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Whether `tcpdump` can run here (CI installs it).

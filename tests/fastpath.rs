@@ -13,7 +13,8 @@ use lametun_core::testing::packets;
 
 use crate::encrypted;
 use crate::netns::{
-    bench, io_counted_per_thread, port_on_queue, start_pair, tcp_intact, tcp_intact_from, thread_io,
+    bench, count_in, io_counted_per_thread, port_on_queue, start_pair, summary, tcp_intact,
+    tcp_intact_from, thread_io,
 };
 
 /// One datagram of the mixed-size streams: its index, then a pattern of its own.
@@ -175,12 +176,6 @@ fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6005), 50 << 20);
 }
 
-/// Read calls and bytes read by thread `name` of process `pid`.
-fn thread_reads(pid: u32, name: &str) -> (u64, u64) {
-    let io = thread_io(pid, name);
-    (io.read_calls, io.read)
-}
-
 /// On an idle tunnel the server's inbound thread sends the echo replies itself: the
 /// kernel queues each reply in the TUN queue inside the write of the request, and the
 /// inbound thread reads it from there (it reads nothing else from the TUN, so its read
@@ -200,14 +195,17 @@ fn the_inbound_thread_sends_the_echo_replies_of_an_idle_tunnel_itself() {
     let Some(mut b) = bench("answer") else { return };
     // One queue, so that where replies are queued does not depend on flow steering.
     let (server, _) = start_pair(&mut b, &["--workers", "1"], &["--workers", "1"]);
-    let before = thread_reads(server, "lametun-in0");
+    let before = thread_io(server, "lametun-in0");
     let pings = 20;
     let replies = b
         .ping(Side::Client, SERVER_TUN, pings, Some(100), false)
         .unwrap();
     assert_eq!(replies, pings);
-    let after = thread_reads(server, "lametun-in0");
-    let (calls, bytes) = (after.0 - before.0, after.1 - before.1);
+    let after = thread_io(server, "lametun-in0");
+    let (calls, bytes) = (
+        after.read_calls - before.read_calls,
+        after.read - before.read,
+    );
     // The outbound thread, which the reply wakes too, may be first now and then: the
     // inbound thread then leaves the reply to it, or finds the queue empty.
     assert!(
@@ -271,10 +269,10 @@ fn the_flows_of_a_two_worker_encrypted_tunnel_spread_and_none_is_refused_as_repl
         encrypted::start_pair_with(&mut b, &["--workers", "2", "--sockets", "per-worker"]);
     flows_spread(&b, (server, client));
     assert_eq!(b.stop("server"), Some(0));
-    let summary = encrypted::summary(&b, "server");
+    let summary = summary(&b, "server");
     // At most one datagram in a thousand (with the 4032 window: 16 to 43).
-    let replayed = encrypted::count_in(&summary, "chacha20poly1305 in replayed");
-    let received = encrypted::count_in(&summary, "udp rx");
+    let replayed = count_in(&summary, "chacha20poly1305 in replayed");
+    let received = count_in(&summary, "udp rx");
     assert!(received > 0 && replayed * 1000 <= received, "{summary}");
 }
 
@@ -295,9 +293,9 @@ fn a_server_with_one_socket_keeps_to_one_port_of_a_client_with_two() {
     assert!(b.log("client").contains("sockets=2"), "{}", b.log("client"));
     transfer_all(&b, &sixteen_flows(), 4 << 20);
     assert_eq!(b.stop("server"), Some(0));
-    let summary = encrypted::summary(&b, "server");
+    let summary = summary(&b, "server");
     // With the Go lametun's rule: one per datagram from the other port (186 here).
-    let changes = encrypted::count_in(&summary, "peer address changes");
+    let changes = count_in(&summary, "peer address changes");
     assert!((1..=10).contains(&changes), "{summary}");
 }
 

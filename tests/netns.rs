@@ -84,6 +84,25 @@ pub(crate) fn thread_io(pid: u32, name: &str) -> ThreadIo {
     panic!("process {pid} has no thread {name}");
 }
 
+/// The shutdown summary of process `name` (after [`Bench::stop`]).
+pub(crate) fn summary(b: &Bench, name: &str) -> String {
+    b.log(name)
+        .lines()
+        .find(|l| l.contains("stopped:"))
+        .unwrap_or_else(|| panic!("no summary in the log of {name}:\n{}", b.log(name)))
+        .to_owned()
+}
+
+/// The count after `what` (e.g. "chacha20poly1305 in replayed") in a summary, 0 if absent.
+pub(crate) fn count_in(summary: &str, what: &str) -> u64 {
+    summary
+        .split(what)
+        .nth(1)
+        .and_then(|rest| rest.split([',', ' ']).find(|s| !s.is_empty()))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The first TCP source port from `from` on whose flow from `src` to `dst:dst_port`
 /// (IPv4 addresses) `flow_queue` puts on queue `queue` of `queues`: the queue where the
 /// flow's packets are written, and read by that queue's outbound thread.
