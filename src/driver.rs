@@ -149,7 +149,10 @@ where
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        rt.block_on(f())
+        let result = rt.block_on(f());
+        // The runtime's shutdown allocates; that is not forwarding.
+        crate::alloc::unwatch_this_thread();
+        result
     })
 }
 
@@ -292,6 +295,7 @@ pub async fn outbound(
 ) -> io::Result<()> {
     let tun = register(queue, Interest::READABLE)?;
     let mut out = Outgoing::new(&s, offload);
+    crate::alloc::watch_this_thread();
     loop {
         let mut guard = tokio::select! {
             biased;
@@ -664,7 +668,7 @@ pub async fn inbound(
     let mut out = TunWriter::new(&queues, s.slot_len(), (RX_BUFFERS, RX_BUFFER_LEN), in_place);
     let mut answers = Outgoing::new(&s, offload);
     let mut metas = [RecvMeta::default(); RX_BUFFERS];
-
+    crate::alloc::watch_this_thread();
     loop {
         let mut guard = tokio::select! {
             biased;

@@ -4,7 +4,8 @@
 //! This crate is its edges: the command line ([`cli`]), the TUN device ([`device`]), the
 //! UDP socket ([`udp`]), the threads that move packets between them ([`driver`],
 //! [`batch`]), start-up and shutdown ([`run`]), and a bench of network namespaces for
-//! the demo and the tests ([`testnet`], [`demo`]).
+//! the demo and the tests ([`testnet`], [`demo`]), and the allocation count of the
+//! forwarding threads ([`alloc`]).
 //!
 //! It also links the bundled stages. A custom binary that adds a stage of its own is:
 //!
@@ -18,6 +19,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod alloc;
 pub mod batch;
 pub mod cli;
 pub mod demo;

@@ -445,6 +445,9 @@ pub fn summary(snap: &lametun_core::TunnelSnapshot) -> String {
     if c.peer_changes > 0 {
         line.push_str(&format!(", peer address changes {}", c.peer_changes));
     }
+    if let Some(n) = crate::alloc::forwarding_allocations() {
+        line.push_str(&format!(", heap allocations while forwarding {n}"));
+    }
     let mut drops = Vec::new();
     for (dir, d) in [("out", &snap.core_outbound), ("in", &snap.core_inbound)] {
         for (reason, n) in &d.drops {

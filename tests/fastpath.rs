@@ -13,8 +13,8 @@ use lametun_core::testing::packets;
 
 use crate::encrypted;
 use crate::netns::{
-    bench, count_in, io_counted_per_thread, port_on_queue, start_pair, summary, tcp_intact,
-    tcp_intact_from, thread_io,
+    bench, count_in, few_allocations_while_forwarding, io_counted_per_thread, port_on_queue,
+    start_pair, summary, tcp_intact, tcp_intact_from, thread_io,
 };
 
 /// One datagram of the mixed-size streams: its index, then a pattern of its own.
@@ -152,6 +152,11 @@ fn mixed_sizes_and_a_tcp_transfer_cross_a_two_queue_plain_tunnel_with_offloads_o
     let max = max_payload(&b, true);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN6, 6002), max, 1000);
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6006), 50 << 20);
+    // The buffers are reused: no heap allocation per packet on the hot path.
+    for end in ["server", "client"] {
+        assert_eq!(b.stop(end), Some(0));
+        few_allocations_while_forwarding(&b, end, 30_000);
+    }
 }
 
 #[test]
@@ -174,6 +179,10 @@ fn mixed_sizes_and_a_tcp_transfer_cross_the_encrypted_tunnel_intact() {
     let max = max_payload(&b, false);
     mixed_sizes_arrive_intact(&b, testnet::addr(SERVER_TUN, 6004), max, 2000);
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 6005), 50 << 20);
+    for end in ["server", "client"] {
+        assert_eq!(b.stop(end), Some(0));
+        few_allocations_while_forwarding(&b, end, 30_000);
+    }
 }
 
 /// On an idle tunnel the server's inbound thread sends the echo replies itself: the

@@ -103,6 +103,24 @@ pub(crate) fn count_in(summary: &str, what: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Asserts that process `name` (after [`Bench::stop`]) moved at least `packets` packets
+/// through its TUN device (both ways together) and reported hardly any heap allocation on
+/// its forwarding threads: none per packet or per batch, only a few dozen in all (log
+/// lines, a new peer session, buffers growing to the largest batch in the first
+/// batches; see `lametun::alloc`).
+pub(crate) fn few_allocations_while_forwarding(b: &Bench, name: &str, packets: u64) {
+    let summary = summary(b, name);
+    assert!(
+        summary.contains("heap allocations while forwarding"),
+        "the binary counts its allocations: {summary}"
+    );
+    let allocations = count_in(&summary, "heap allocations while forwarding");
+    let (rx, tx) = (count_in(&summary, "tun rx"), count_in(&summary, "tx"));
+    assert!(rx + tx >= packets, "too little traffic: {summary}");
+    // 10-30 are seen; one per batch would be thousands.
+    assert!(allocations <= 100, "{summary}");
+}
+
 /// The first TCP source port from `from` on whose flow from `src` to `dst:dst_port`
 /// (IPv4 addresses) `flow_queue` puts on queue `queue` of `queues`: the queue where the
 /// flow's packets are written, and read by that queue's outbound thread.
