@@ -108,7 +108,7 @@ impl StageConfig for Chacha20Poly1305Config {
         match sources.len() {
             0 => errors.push(
                 "",
-                "no key: set one of `key_file`, `key_env` or `key` (make a key with `lametun genkey > psk; chmod 600 psk`)",
+                "no key: set one of `key_file`, `key_env` or `key` (make a key file with `lametun genkey psk`, which creates it with mode 0600)",
             ),
             1 => {}
             _ => errors.push(
@@ -125,7 +125,14 @@ impl StageConfig for Chacha20Poly1305Config {
         }
         // Check every source that is set, so that all problems show up at once.
         let mut loaded = None;
-        if let Some(path) = &self.key_file {
+        let pasted_key = |p: &PathBuf| p.to_str().is_some_and(Psk::is_a_key);
+        if self.key_file.as_ref().is_some_and(pasted_key) {
+            // Never repeated in the message: it is the key.
+            errors.push(
+                "key_file",
+                "this is a key, not the path of a file: put the key in a file (`lametun genkey FILE` makes one) and name the file here. The key is now in this config: make a new one",
+            );
+        } else if let Some(path) = &self.key_file {
             let path = cx.resolve_path(path);
             match Psk::from_file(&path) {
                 Ok(psk) => loaded = Some((psk, KeySource::File(path))),
@@ -133,7 +140,12 @@ impl StageConfig for Chacha20Poly1305Config {
             }
         }
         if let Some(var) = &self.key_env {
-            if var.is_empty() || var.contains(['=', '\0']) {
+            if Psk::is_a_key(var) {
+                errors.push(
+                    "key_env",
+                    "this is a key, not the name of an environment variable: put the key in the variable and name the variable here. The key is now in this config: make a new one",
+                );
+            } else if var.is_empty() || var.contains(['=', '\0']) {
                 errors.push(
                     "key_env",
                     format!("{var:?} is not an environment variable name"),

@@ -147,7 +147,7 @@ pub enum KeyError {
 /// How to make the key file that is not there.
 fn missing_hint(e: &std::io::Error) -> &'static str {
     if e.kind() == std::io::ErrorKind::NotFound {
-        " (make one with `lametun genkey > FILE; chmod 600 FILE`, the same on both ends)"
+        " (make one with `lametun genkey FILE`, which creates it with mode 0600; the same key on both ends)"
     } else {
         ""
     }
@@ -195,6 +195,12 @@ impl Psk {
         Ok(Self::from_bytes(bytes))
     }
 
+    /// Whether `text` is a key itself (base64 of 32 bytes), e.g. pasted into `key_file`
+    /// or `key_env` by mistake: errors about it must then not repeat it.
+    pub fn is_a_key(text: &str) -> bool {
+        Self::from_base64(text).is_ok()
+    }
+
     /// Reads a key file, refusing one that other users can access (Unix permissions).
     pub fn from_file(path: &Path) -> Result<Self, KeyError> {
         let read_error = |source| KeyError::Read {
@@ -202,6 +208,14 @@ impl Psk {
             source,
         };
         let meta = std::fs::metadata(path).map_err(read_error)?;
+        if meta.is_dir() {
+            // Checked before the mode: a directory's usual 0755 would otherwise earn
+            // advice to `chmod 600` it, which locks everyone out of what is inside.
+            return Err(read_error(std::io::Error::new(
+                std::io::ErrorKind::IsADirectory,
+                "it is a directory; name the key file inside it",
+            )));
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;

@@ -8,7 +8,7 @@
 //! ```yaml
 //! pipeline:
 //!   - type: chacha20poly1305
-//!     key_file: /etc/lametun/psk     # `lametun genkey > psk; chmod 600 psk`, copied to both ends
+//!     key_file: /etc/lametun/psk     # `lametun genkey /etc/lametun/psk` (mode 0600), copied to both ends
 //! ```
 //!
 //! and every datagram is encrypted and authenticated with ChaCha20-Poly1305 (RFC 8439;
@@ -37,7 +37,7 @@
 //!  kind        0x01 ChaCha20-Poly1305, 0x02 AES-256-GCM; other values reserved
 //!  counter     the sender's packet number in this session, from 0
 //!  session id  picked at random by the sender when it starts, and again every hour
-//!              or 2^28 packets; it names the key (below)
+//!              or 2^28 packets (AES: 2^23); it names the key (below)
 //!  AAD         the 16 header bytes: none of them can be changed unnoticed
 //!  nonce       00 00 00 00 | kind | counter   (12 bytes, never sent separately)
 //!  key         HKDF-SHA256(PSK; "lametun v1 session key" | cipher | 0x00 | session id)
@@ -48,7 +48,7 @@
 //!
 //! The `kind` byte costs no overhead: it takes the top byte of what would otherwise be a
 //! 64-bit counter (2^56 packets is over two thousand years at a million packets a
-//! second, and a session rotates after 2^28 anyway). It lets a receiver name a cipher
+//! second, and a session rotates after 2^28 at most anyway). It lets a receiver name a cipher
 //! mismatch instead of counting bad tags, and leaves room for a later version of the
 //! protocol (a handshake message, say) with the same 32 bytes. It is part of the nonce
 //! and of the associated data, so it cannot be changed either.
@@ -70,10 +70,17 @@
 //!   session ids. A sender also refuses to pick an id that it has already seen from the
 //!   peer, and a receiver refuses datagrams carrying one of its own ids (they are its
 //!   own datagrams, sent back: a reflection attack);
-//! - a sender **rotates** to a new session after 2^28 packets or an hour. The counter
-//!   has 56 bits, so it cannot run out; the limits keep each key well within the usage
-//!   limits of RFC 9001 §6.6 (AES-GCM's confidentiality limit for full-size packets,
-//!   and the forgery attempts an attacker can make against one ChaCha20-Poly1305 key).
+//! - a sender **rotates** to a new session after an hour, or after 2^28 packets
+//!   (ChaCha20-Poly1305) or 2^23 packets (AES-256-GCM). The counter has 56 bits, so it
+//!   cannot run out. 2^23 is the confidentiality limit of RFC 9001 §6.6 for AES-GCM
+//!   with packets of up to 64 KiB, so it holds at any MTU; ChaCha20-Poly1305 has no
+//!   practical confidentiality limit, and 2^28 keeps its sessions the size they have
+//!   always been. The other limit of §6.6, on *forgery attempts* against one key (2^36
+//!   for ChaCha20-Poly1305, 2^52 for AES-GCM), is not enforced: the receiver counts
+//!   datagrams that fail authentication (`bad_tag`) but does not stop trying a key
+//!   after any number of them, and a retired session stays resumable (below). 2^36
+//!   forged datagrams is 19 hours at a million a second, at the attacker's expense and
+//!   in plain sight of that counter.
 //!
 //! The one residual risk is two sessions drawing the same random id under the same PSK.
 //! Sessions from one PSK are few (one per start and per hour): even 2^20 of them,

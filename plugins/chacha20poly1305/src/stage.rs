@@ -34,8 +34,13 @@ pub const LIVE_SESSIONS: usize = 2;
 /// Retired peer sessions remembered (id and highest counter, 16 bytes each). Only
 /// sessions that authenticated get here, so an attacker without the key cannot fill it.
 pub const MAX_RETIRED: usize = 1 << 16;
-/// A sender starts a new session after this many packets (see the crate docs on limits).
+/// A ChaCha20-Poly1305 sender starts a new session after this many packets (see the
+/// crate docs on limits).
 pub const ROTATE_AFTER_PACKETS: u64 = 1 << 28;
+/// An AES-256-GCM sender starts a new session after this many packets: the
+/// confidentiality limit of RFC 9001 §6.6 for packets of up to 64 KiB, so it holds
+/// whatever the MTU (2^28 holds only for packets of at most 2 KiB).
+pub const ROTATE_AFTER_PACKETS_AES_GCM: u64 = 1 << 23;
 /// A sender starts a new session after this long.
 pub const ROTATE_AFTER_TIME: Duration = Duration::from_secs(60 * 60);
 
@@ -276,7 +281,10 @@ impl Chacha20Poly1305 {
             master,
             source,
             rng,
-            rotate_after_packets: ROTATE_AFTER_PACKETS,
+            rotate_after_packets: match cipher {
+                Cipher::ChaCha20Poly1305 => ROTATE_AFTER_PACKETS,
+                Cipher::Aes256Gcm => ROTATE_AFTER_PACKETS_AES_GCM,
+            },
             rotate_after_time: ROTATE_AFTER_TIME,
             send: ArcSwap::from_pointee(first),
             rotating: Mutex::new(()),
@@ -291,7 +299,8 @@ impl Chacha20Poly1305 {
     }
 
     /// Starts a new sending session after `packets` packets or `age` (defaults:
-    /// [`ROTATE_AFTER_PACKETS`], [`ROTATE_AFTER_TIME`]; age is measured by
+    /// [`ROTATE_AFTER_PACKETS`] or [`ROTATE_AFTER_PACKETS_AES_GCM`], [`ROTATE_AFTER_TIME`];
+    /// age is measured by
     /// [`Stage::on_tick`]). `packets` is capped at 2^56, the counter's range.
     pub fn rotate_after(mut self, packets: u64, age: Duration) -> Self {
         self.rotate_after_packets = packets.clamp(1, COUNTER_MAX + 1);

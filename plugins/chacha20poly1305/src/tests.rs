@@ -383,6 +383,14 @@ fn describe_debug_and_errors_never_show_the_key() {
         "cipher chacha20poly1305, key given by the program, replay window 131008 packets, \
          new session every 2^28 packets or 1h"
     );
+    // AES-GCM rotates at its confidentiality limit for packets of any size (RFC 9001).
+    let s = Chacha20Poly1305::new(Cipher::Aes256Gcm, &Psk::from_base64(&key).unwrap()).unwrap();
+    assert!(
+        s.describe()
+            .ends_with("new session every 2^23 packets or 1h"),
+        "{}",
+        s.describe()
+    );
 }
 
 #[test]

@@ -127,7 +127,33 @@ fn a_relative_key_file_is_found_next_to_the_config() {
         e.contains("cannot read the key file no/such/psk: No such file"),
         "{e}"
     );
-    assert!(e.contains("lametun genkey > FILE; chmod 600 FILE"), "{e}");
+    assert!(e.contains("lametun genkey FILE"), "{e}");
+}
+
+#[test]
+fn a_directory_as_key_file_is_named_as_such_not_given_a_chmod() {
+    let dir = TempDir::new(); // created 0755 under the usual umask
+    let e = error(&format!("key_file: {}", dir.0.display()));
+    assert!(e.starts_with("key_file: "), "{e}");
+    assert!(e.contains("is a directory"), "{e}");
+    assert!(!e.contains("chmod"), "{e}");
+}
+
+#[test]
+fn a_key_pasted_where_a_path_or_a_variable_name_goes_is_not_repeated() {
+    let key = generate_key();
+    for field in ["key_file", "key_env"] {
+        let e = error(&format!("{field}: {key}"));
+        assert!(e.starts_with(&format!("{field}: this is a key")), "{e}");
+        assert!(e.contains("make a new one"), "{e}");
+        assert!(
+            !e.contains(key.trim_end_matches('=')),
+            "the key leaked: {e}"
+        );
+    }
+    // A real path and a real variable name are still named in their errors.
+    let e = error("key_env: LAMETUN_TEST_UNSET_VARIABLE");
+    assert!(e.contains("LAMETUN_TEST_UNSET_VARIABLE is not set"), "{e}");
 }
 
 #[test]
