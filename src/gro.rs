@@ -13,10 +13,12 @@
 //! Segments of one flow merge when they are consecutive (TCP: the next sequence number;
 //! UDP: same flow), have identical headers apart from lengths, checksums, sequence
 //! numbers and the IPv4 ID, are all the same size except a smaller last one, and carry
-//! only `ACK` (TCP; a `PSH` ends the superpacket). Anything else (fragments, IP
-//! options, IPv6 extension headers, `SYN`/`FIN`/`RST`/`URG`/ECN flags) is written as it
-//! came. Packets of a flow stay in order; packets of different flows may be reordered
-//! relative to each other, which GRO does too.
+//! only `ACK` (TCP; a `PSH` ends the superpacket), or whose UDP length is the
+//! datagram's (UDP). Anything else (fragments, IP options, IPv6 extension headers,
+//! `SYN`/`FIN`/`RST`/`URG`/ECN flags, a segment without payload, a UDP length that
+//! disagrees) is written as it came, and ends the superpacket its flow was building, so
+//! that nothing of the flow overtakes it. Packets of a flow stay in order; packets of
+//! different flows may be reordered relative to each other, which GRO does too.
 //!
 //! The inner checksums are not verified before merging (the kernel takes a superpacket's
 //! segments as checksummed): every packet arrived in a UDP datagram whose checksum the
@@ -66,7 +68,7 @@ struct IpHeader {
 
 impl IpHeader {
     fn of(p: &[u8]) -> Option<Self> {
-        let be16 = |at: usize| usize::from(u16::from_be_bytes([p[at], p[at + 1]]));
+        let be16 = |at| be16(p, at);
         match p.first()? >> 4 {
             4 if p.len() >= 20 => Some(Self {
                 v6: false,
@@ -87,6 +89,11 @@ impl IpHeader {
             _ => None,
         }
     }
+}
+
+/// The big-endian 16-bit field at `at` of `p` (which must hold it).
+fn be16(p: &[u8], at: usize) -> usize {
+    usize::from(u16::from_be_bytes([p[at], p[at + 1]]))
 }
 
 /// The source and destination addresses of the IPv6 (`v6`) or IPv4 header `p`.
@@ -122,7 +129,10 @@ impl Parsed {
                 }
                 len
             }
-            UDP if udp_ok => 8,
+            // The UDP length must be the datagram's (Linux's GRO flushes on a padded or
+            // inconsistent one): a merged header gets the superpacket's length, and the
+            // kernel would cut each datagram at `gso_size`, not at its own length.
+            UDP if udp_ok && p.len() >= ip + 8 && be16(p, ip + 4) == p.len() - ip => 8,
             _ => return None,
         };
         let headers = ip + l4;
@@ -276,10 +286,14 @@ impl Coalescer {
             } else {
                 None
             };
-            if let Some(parsed) = parsed
-                && self.merge(packets, i, parsed)
-            {
-                continue;
+            match parsed {
+                Some(parsed) if self.merge(packets, i, parsed) => continue,
+                Some(_) => {}
+                // Not mergeable (a pure ACK, FIN, options...), but it may belong to a
+                // flow that is being merged: that superpacket must end before it, or the
+                // segments after it would overtake it.
+                None if self.vnet => self.close_flow_of(packets, p),
+                None => {}
             }
             let mut head = ArrayVec::new();
             if self.vnet {
@@ -309,6 +323,25 @@ impl Coalescer {
             }
         }
         self.writes.len()
+    }
+
+    /// Ends the open superpacket of the TCP or UDP flow of `p`, if there is one.
+    fn close_flow_of(&mut self, packets: &[&[u8]], p: &[u8]) {
+        let Some(h) = IpHeader::of(p) else { return };
+        if h.later_fragment || !matches!(h.proto, TCP | UDP) || p.len() < h.len + 4 {
+            return;
+        }
+        for w in self.writes.iter_mut().filter(|w| w.open) {
+            let Some(flow) = w.flow else { continue };
+            let (first, f) = (packets[flow.first], flow.parsed);
+            if f.v6 == h.v6
+                && f.proto == h.proto
+                && addresses(first, f.v6) == addresses(p, h.v6)
+                && first[f.ip..f.ip + 4] == p[h.len..h.len + 4]
+            {
+                w.open = false;
+            }
+        }
     }
 
     /// Appends packet `i` to an open flow it continues. A packet of a flow it cannot
@@ -573,6 +606,12 @@ mod tests {
         ipv4(A, B, UDP, &u)
     }
 
+    /// `p` (IPv4 UDP) with its UDP length field set to `len`.
+    fn udp_len(mut p: Vec<u8>, len: u16) -> Vec<u8> {
+        p[24..26].copy_from_slice(&len.to_be_bytes());
+        p
+    }
+
     /// What each planned write puts on the device, as bytes.
     fn written(c: &Coalescer, packets: &[&[u8]]) -> Vec<Vec<u8>> {
         c.writes
@@ -786,6 +825,30 @@ mod tests {
                 "another window",
                 vec![tcp4(4000, 2000, 1000, ACK), options],
                 2,
+            ),
+            (
+                "a pure ACK of the flow between two segments (a duplicate ACK, say)",
+                vec![
+                    tcp4(4000, 0, 1000, ACK),
+                    tcp4(4000, 1000, 0, ACK),
+                    tcp4(4000, 1000, 1000, ACK),
+                ],
+                3,
+            ),
+            (
+                "an empty UDP datagram between two others",
+                vec![udp4(100, 1), udp4(0, 2), udp4(100, 3)],
+                3,
+            ),
+            (
+                "a UDP length that is not the datagram's",
+                vec![udp_len(udp4(100, 1), 20), udp4(100, 2), udp4(100, 3)],
+                2,
+            ),
+            (
+                "a UDP length that claims more than the datagram",
+                vec![udp4(100, 1), udp_len(udp4(100, 2), 2000), udp4(100, 3)],
+                3,
             ),
         ];
         for (what, packets, n) in cases {
