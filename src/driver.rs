@@ -702,9 +702,10 @@ pub async fn inbound(
         let mut written = 0;
         for (buffer, meta) in metas[..got].iter().enumerate() {
             // A GRO train: datagrams of `stride` bytes back to back, the last one shorter.
+            // An empty datagram (a keepalive without packet info or encryption) is one.
             let stride = meta.stride.max(1);
             let dst_ip = meta.dst_ip.map(|ip| ip.to_canonical());
-            for at in (0..meta.len).step_by(stride) {
+            for at in (0..meta.len.max(1)).step_by(stride) {
                 let full = out.push_received(buffer, at..meta.len.min(at + stride), |pkt| {
                     s.fwd.handle_udp_on(path, pkt, meta.addr, dst_ip, now) == Outcome::WriteTun
                 });

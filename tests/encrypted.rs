@@ -31,8 +31,8 @@ fn key_file(b: &Bench, name: &str) -> PathBuf {
 }
 
 /// Writes the config of one end: the article's addresses, and the encryption stage with
-/// `key` (plaintext without).
-fn config(b: &Bench, side: Side, key: Option<&Path>) -> String {
+/// `key` (plaintext without), without the packet-information header.
+pub(crate) fn config(b: &Bench, side: Side, key: Option<&Path>) -> String {
     let (name, address, peer) = match side {
         Side::Server => ("server", "172.31.255.13/24", "listen: true".to_owned()),
         Side::Client => ("client", "172.31.255.7/24", format!("server: {SERVER_UL}")),

@@ -11,7 +11,7 @@ use lametun::testnet::{
     Transfer,
 };
 
-use crate::lametun_bin;
+use crate::{encrypted, lametun_bin};
 
 /// A bench, or `None` (after saying why) where namespaces or TUN are not available.
 /// With `LAMETUN_REQUIRE_NETNS=1` (CI) a missing capability fails the test instead.
@@ -389,6 +389,41 @@ fn the_server_learns_a_client_on_another_port_and_reaches_it_first() {
         "{}",
         b.log("server")
     );
+}
+
+/// Without the packet-information header and without encryption, a keepalive is an
+/// empty datagram. (The inbound thread once skipped empty datagrams: the server never
+/// heard a keepalive, and could not learn a client that had no traffic.)
+#[test]
+fn empty_keepalives_without_packet_info_reach_the_server() {
+    let Some(mut b) = bench("pi0") else { return };
+    let server = encrypted::config(&b, Side::Server, None);
+    let client = encrypted::config(&b, Side::Client, None);
+    let text = std::fs::read_to_string(&client).unwrap();
+    std::fs::write(
+        &client,
+        text.replace("  port: 1234\n", "  port: 1234\n  keepalive: 1s\n"),
+    )
+    .unwrap();
+    b.lametun(Side::Server, "server", &["--config", &server])
+        .unwrap();
+    b.lametun(Side::Client, "client", &["--config", &client])
+        .unwrap();
+    assert!(
+        b.wait_for_ping(Side::Client, SERVER_TUN, Duration::from_secs(5)),
+        "{}",
+        b.log("client")
+    );
+    // Idle for three keepalive intervals (the once-a-second tick sends one every one
+    // or two seconds).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(b.stop("client"), Some(0));
+    assert_eq!(b.stop("server"), Some(0));
+    let sent = count_in(&summary(&b, "client"), "keepalives rx 0 tx");
+    let server = summary(&b, "server");
+    let received = count_in(&server, "keepalives rx");
+    assert!(sent >= 1, "{}", summary(&b, "client"));
+    assert!(received >= 1 && received <= sent, "{server}");
 }
 
 #[test]
