@@ -19,7 +19,9 @@
 //!   answers to what they wrote from there: see `driver::inbound`).
 //!
 //! Every feature is probed and falls back: a device created earlier without multi-queue
-//! support gets one queue, a kernel without TUN offloads gets plain reads and writes.
+//! support gets one queue, a kernel without TUN offloads gets plain reads and writes, a
+//! process without `CAP_NET_ADMIN` (on a device made for its user) leaves the link as
+//! it is and runs without offloads, whose segment cap it cannot set.
 
 use std::io;
 use std::sync::Arc;
@@ -83,6 +85,9 @@ fn explain_open(name: &str, e: &io::Error) -> SetupError {
 
 fn build(name: &str, multi_queue: bool, offload: bool) -> io::Result<SyncDevice> {
     DeviceBuilder::new()
+        // Not brought up here (an ioctl that needs CAP_NET_ADMIN even on a device made
+        // for this user): `configure` does it, when it may.
+        .inherit_enable_state()
         .name(name)
         .multi_queue(multi_queue)
         .offload(offload)
@@ -120,13 +125,21 @@ fn check_not_in_use(name: &str) -> Result<(), SetupError> {
 /// `offload` and the kernel has them. Falls back to one queue and no offload.
 pub fn open(name: &str, workers: usize, offload: bool) -> Result<Tun, SetupError> {
     check_not_in_use(name)?;
+    // Multi-queue first when several workers want it, single-queue first otherwise;
+    // the other one too, because a device that exists already (`ip tuntap add`, with
+    // or without `multi_queue`) can only be opened with the flag it was made with.
+    let mq_order = if workers > 1 {
+        [true, false]
+    } else {
+        [false, true]
+    };
     let mut attempts = Vec::new();
-    if workers > 1 {
-        attempts.push((true, offload));
-    }
-    attempts.push((false, offload));
-    if offload {
-        attempts.push((false, false));
+    for off in [offload, false] {
+        for mq in mq_order {
+            if !attempts.contains(&(mq, off)) {
+                attempts.push((mq, off));
+            }
+        }
     }
     let mut last = None;
     let mut opened = None;
@@ -137,8 +150,9 @@ pub fn open(name: &str, workers: usize, offload: bool) -> Result<Tun, SetupError
                 break;
             }
             Err(e) => {
-                // EINVAL: the device exists with other flags (e.g. created by `ip tuntap
-                // add` without `multi_queue`), or the kernel lacks the feature: try less.
+                // EINVAL: the device exists with the other multi-queue flag (made by
+                // `ip tuntap add` with or without `multi_queue`), or the kernel lacks a
+                // feature: try the next combination.
                 let retry = matches!(e.raw_os_error(), Some(nix::libc::EINVAL));
                 tracing::debug!(multi_queue = mq, offload = off, error = %e, "opening the TUN device failed");
                 last = Some(e);
@@ -185,16 +199,42 @@ pub fn open(name: &str, workers: usize, offload: bool) -> Result<Tun, SetupError
     })
 }
 
+/// What [`configure`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Configured {
+    /// MTU, segment cap, addresses, up, routes: all set.
+    Done,
+    /// Nothing: the process may not change links (no `CAP_NET_ADMIN`), and no address
+    /// or route was asked for. The device stays as its owner set it up (a device made
+    /// with `ip tuntap add ... user $USER`, as in the article).
+    NotPermitted,
+}
+
+/// Whether a netlink request failed for lack of permission.
+fn not_permitted(e: &rtnetlink::Error) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m)
+        if [nix::libc::EPERM, nix::libc::EACCES].contains(&-m.raw_code()))
+}
+
 /// Configures the link: MTU, the GSO segment cap, addresses, up, then routes.
-/// Addresses and routes that already exist are left as they are.
+/// Addresses and routes that already exist are left as they are. Without permission to
+/// change links and with no address or route to set, it changes nothing and says so
+/// ([`Configured::NotPermitted`]).
 pub async fn configure(
     tun: &Tun,
     mtu: u16,
     addresses: &[IpNet],
     routes: &[IpNet],
-) -> Result<(), SetupError> {
-    let fail =
-        |what: &str, e: rtnetlink::Error| SetupError(format!("{}: cannot {what}: {e}", tun.name));
+) -> Result<Configured, SetupError> {
+    let fail = |what: &str, e: rtnetlink::Error| {
+        let hint = if not_permitted(&e) {
+            " (setting up the device needs root or CAP_NET_ADMIN; without an address or \
+             route to set, lametun leaves a device made for its user as it is)"
+        } else {
+            ""
+        };
+        SetupError(format!("{}: cannot {what}: {e}{hint}", tun.name))
+    };
     let (conn, handle, _) = rtnetlink::new_connection()
         .map_err(|e| SetupError(format!("cannot open a netlink socket: {e}")))?;
     let conn = tokio::spawn(conn);
@@ -205,12 +245,13 @@ pub async fn configure(
         if tun.offload {
             link = link.append_extra_attribute(LinkAttribute::GsoMaxSegs(GSO_MAX_SEGS));
         }
-        handle
-            .link()
-            .set(link.build())
-            .execute()
-            .await
-            .map_err(|e| fail(&format!("set MTU {mtu} and bring it up"), e))?;
+        match handle.link().set(link.build()).execute().await {
+            Ok(()) => {}
+            Err(e) if not_permitted(&e) && addresses.is_empty() && routes.is_empty() => {
+                return Ok(Configured::NotPermitted);
+            }
+            Err(e) => return Err(fail(&format!("set MTU {mtu} and bring it up"), e)),
+        }
         for net in addresses {
             handle
                 .address()
@@ -239,7 +280,7 @@ pub async fn configure(
                 .await
                 .map_err(|e| fail(&format!("add route {net}"), e))?;
         }
-        Ok(())
+        Ok(Configured::Done)
     }
     .await;
     conn.abort();

@@ -20,8 +20,9 @@ use lametun_core::{
 use quinn_udp::{Transmit, UdpSockRef};
 use tokio_util::sync::CancellationToken;
 
+use crate::device::{self, Configured};
 use crate::driver::{self, Shared};
-use crate::{device, udp};
+use crate::udp;
 
 /// Why the tunnel did not run, with the exit code the process should return.
 #[derive(Debug)]
@@ -190,8 +191,28 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = config.io.workers.resolve(cpus);
-    let tun = device::open(&config.device.name, workers, config.io.offload)?;
-    device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
+    let mut tun = device::open(&config.device.name, workers, config.io.offload)?;
+    let configured =
+        device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
+    if configured == Configured::NotPermitted {
+        tracing::warn!(
+            "{}: no permission to configure it (root or CAP_NET_ADMIN), and no address \
+             to set: leaving it as it is. Its MTU should be {mtu}: `sudo ip link set dev {} mtu {mtu} up`",
+            tun.name,
+            tun.name
+        );
+        if tun.offload {
+            // Offloads need the cap on the segments per superpacket, which only a
+            // configured link has: without it a tiny TCP MSS could make superpackets
+            // larger than a read can split. Reopen without them.
+            let name = tun.name.clone();
+            drop(tun);
+            tun = device::open(&name, workers, false)?;
+            tracing::info!(
+                "{name}: offloads off: their segment cap cannot be set without CAP_NET_ADMIN"
+            );
+        }
+    }
     // The sockets (paths): one per worker on a listener, one on a client by default.
     let listening = ends.server.is_none();
     let sockets = udp::bind_paths(
@@ -272,6 +293,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
     }
 
     let follower = (ends.server.is_none()
+        && configured == Configured::Done
         && ends.bind.ip().is_unspecified()
         && ends.bind.is_ipv6()
         && config.device.mtu == MtuSetting::Auto)

@@ -204,10 +204,43 @@ impl Bench {
     /// Starts `binary args…` in `side`'s namespace as process `name` (stdout and stderr
     /// go to a log file). Returns its PID.
     pub fn spawn(&mut self, side: Side, name: &str, args: &[&str]) -> io::Result<u32> {
+        self.spawn_with(side, name, &[], args)
+    }
+
+    /// [`Bench::spawn`] as user and group `uid`, without supplementary groups or
+    /// capabilities (through `setpriv`), the way a user runs the article's lametun.
+    ///
+    /// Distributions make `/dev/net/tun` readable and writable by all (0666), which that
+    /// needs; some containers make it root's only. So the process gets a mount
+    /// namespace of its own in which `/dev/net/tun` is a 0666 node of the same device.
+    pub fn spawn_as(&mut self, uid: u32, side: Side, name: &str, args: &[&str]) -> io::Result<u32> {
+        let node = self.dir.join(format!("{name}-tun"));
+        let node = node.to_string_lossy().into_owned();
+        let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
+        let script = format!(
+            "mknod -m 666 \"$0\" c 10 200 && mount --bind \"$0\" /dev/net/tun && \
+             exec setpriv {reuid} {regid} --clear-groups \"$@\""
+        );
+        self.spawn_with(
+            side,
+            name,
+            &["unshare", "--mount", "sh", "-c", &script, &node],
+            args,
+        )
+    }
+
+    fn spawn_with(
+        &mut self,
+        side: Side,
+        name: &str,
+        prefix: &[&str],
+        args: &[&str],
+    ) -> io::Result<u32> {
         let log = self.dir.join(format!("{name}.log"));
         let out = File::create(&log)?;
         let binary = self.binary.to_string_lossy().into_owned();
-        let mut argv = vec![binary.as_str()];
+        let mut argv = prefix.to_vec();
+        argv.push(binary.as_str());
         argv.extend_from_slice(args);
         let child = self
             .command(&self.ns(side), &argv)

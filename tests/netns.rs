@@ -426,6 +426,114 @@ fn empty_keepalives_without_packet_info_reach_the_server() {
     assert!(received >= 1 && received <= sent, "{server}");
 }
 
+/// The article's way: root makes the device for a user (`ip tuntap add ... user`), sets
+/// it up, and the tunnel runs as that user. Without CAP_NET_ADMIN and with no address
+/// to set, lametun leaves the link as it is (it used to fail setting the MTU) and runs
+/// without offloads, whose segment cap it cannot set.
+#[test]
+fn a_device_made_for_a_user_carries_the_tunnel_of_that_unprivileged_user() {
+    let Some(mut b) = bench("user") else { return };
+    for argv in [
+        &[
+            "ip", "tuntap", "add", "dev", "ltuser0", "mode", "tun", "user", "65534",
+        ][..],
+        &["ip", "link", "set", "ltuser0", "mtu", "1400", "up"],
+        &["ip", "addr", "add", SERVER_CIDR, "dev", "ltuser0"],
+    ] {
+        let out = b.exec(Side::Server, argv).unwrap();
+        assert!(out.status.success(), "{argv:?}: {out:?}");
+    }
+    b.spawn_as(
+        65534,
+        Side::Server,
+        "server",
+        &["-listen", "-device", "ltuser0"],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        &[
+            "-server",
+            SERVER_UL,
+            "-device",
+            "tun0",
+            "--address",
+            CLIENT_CIDR,
+        ],
+    )
+    .unwrap();
+    assert!(
+        b.wait_for_ping(Side::Client, SERVER_TUN, Duration::from_secs(5)),
+        "{}",
+        b.log("server")
+    );
+    tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5301), 4 << 20);
+    let log = b.log("server");
+    assert!(log.contains("leaving it as it is"), "{log}");
+    assert!(log.contains("tun_offload=false"), "{log}");
+    let mtu = b
+        .exec(Side::Server, &["cat", "/sys/class/net/ltuser0/mtu"])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&mtu.stdout).trim(), "1400");
+}
+
+/// A multi-queue device made earlier (`ip tuntap add ... multi_queue`) can only be
+/// opened as one; one worker opens it with one queue.
+#[test]
+fn a_multi_queue_device_made_earlier_opens_with_one_worker() {
+    let Some(mut b) = bench("mq1") else { return };
+    let out = b
+        .exec(
+            Side::Server,
+            &[
+                "ip",
+                "tuntap",
+                "add",
+                "dev",
+                "ltmq0",
+                "mode",
+                "tun",
+                "multi_queue",
+            ],
+        )
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    b.lametun(
+        Side::Server,
+        "server",
+        &[
+            "-listen",
+            "-device",
+            "ltmq0",
+            "--address",
+            SERVER_CIDR,
+            "--workers",
+            "1",
+        ],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        &[
+            "-server",
+            SERVER_UL,
+            "-device",
+            "tun0",
+            "--address",
+            CLIENT_CIDR,
+        ],
+    )
+    .unwrap();
+    assert!(
+        b.wait_for_ping(Side::Client, SERVER_TUN, Duration::from_secs(5)),
+        "{}",
+        b.log("server")
+    );
+    assert!(b.log("server").contains("queues=1"), "{}", b.log("server"));
+}
+
 #[test]
 fn a_burst_of_garbage_is_dropped_counted_and_survived() {
     let Some(mut b) = bench("junk") else { return };
