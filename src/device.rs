@@ -287,6 +287,28 @@ pub async fn configure(
     result
 }
 
+/// The device's `gso_max_segs` when it is above [`GSO_MAX_SEGS`] (the cap did not take:
+/// no permission to set it, or a kernel that ignores it), `None` when the cap holds
+/// or cannot be read. (Reading a link needs no privilege.)
+pub async fn segment_cap_missing(tun: &Tun) -> Option<u32> {
+    use futures_util::TryStreamExt as _;
+    let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+    let conn = tokio::spawn(conn);
+    let link = handle
+        .link()
+        .get()
+        .match_index(tun.index)
+        .execute()
+        .try_next()
+        .await;
+    conn.abort();
+    let segs = link.ok()??.attributes.into_iter().find_map(|a| match a {
+        LinkAttribute::GsoMaxSegs(n) => Some(n),
+        _ => None,
+    })?;
+    (segs > GSO_MAX_SEGS).then_some(segs)
+}
+
 /// Changes the MTU of the device with index `index` (the listener adapts it to the
 /// address family of the peer it learned).
 pub async fn set_mtu(index: u32, mtu: u16) -> Result<(), SetupError> {

@@ -201,17 +201,27 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
             tun.name,
             tun.name
         );
-        if tun.offload {
-            // Offloads need the cap on the segments per superpacket, which only a
-            // configured link has: without it a tiny TCP MSS could make superpackets
-            // larger than a read can split. Reopen without them.
-            let name = tun.name.clone();
-            drop(tun);
-            tun = device::open(&name, workers, false)?;
-            tracing::info!(
-                "{name}: offloads off: their segment cap cannot be set without CAP_NET_ADMIN"
-            );
-        }
+    }
+    if tun.offload
+        && let Some(segs) = device::segment_cap_missing(&tun).await
+    {
+        // Offloads need the cap on the segments per superpacket: without it a tiny TCP
+        // MSS could make superpackets larger than a read can split. It is missing when
+        // the link could not be configured, or on a kernel that ignores the attribute.
+        // Reopen without them.
+        let name = tun.name.clone();
+        drop(tun);
+        tun = device::open(&name, workers, false)?;
+        tracing::info!(
+            "{name}: offloads off: the device allows {segs} segments per superpacket, \
+             and the cap of {} could not be set{}",
+            device::GSO_MAX_SEGS,
+            if configured == Configured::NotPermitted {
+                " (it needs CAP_NET_ADMIN)"
+            } else {
+                ""
+            }
+        );
     }
     // The sockets (paths): one per worker on a listener, one on a client by default.
     let listening = ends.server.is_none();
