@@ -97,11 +97,15 @@ fn build(name: &str, multi_queue: bool, offload: bool) -> io::Result<SyncDevice>
 
 /// `IFF_PERSIST` in `/sys/class/net/NAME/tun_flags`.
 const IFF_PERSIST: u32 = 0x0800;
+/// `IFF_MULTI_QUEUE` in `/sys/class/net/NAME/tun_flags`.
+const IFF_MULTI_QUEUE_FLAG: u32 = 0x0100;
 
 /// Refuses a TUN device that another process holds. A device that is not persistent
-/// exists only while some process has it open. (The kernel would refuse a second opener
-/// of a single-queue device with `EBUSY`, but lets it attach to a multi-queue one as one
-/// more queue, silently splitting the traffic between two tunnels.)
+/// exists only while some process has it open; a persistent multi-queue one is held if
+/// a process of this network namespace has a queue of it open. (The kernel would refuse
+/// a second opener of a single-queue device with `EBUSY`, but lets it attach to a
+/// multi-queue one as one more queue, silently splitting the traffic between two
+/// tunnels.)
 fn check_not_in_use(name: &str) -> Result<(), SetupError> {
     let dev = std::path::Path::new("/sys/class/net").join(name);
     if dev.exists() && !dev.join("tun_flags").exists() {
@@ -118,7 +122,39 @@ fn check_not_in_use(name: &str) -> Result<(), SetupError> {
             "TUN device {name} is in use by another process (is another lametun running on it?)"
         )));
     }
+    if let Ok(flags) = std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags"))
+        && let Ok(flags) = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        && flags & IFF_MULTI_QUEUE_FLAG != 0
+        && let Some(pid) = holder_of(name)
+    {
+        return Err(SetupError(format!(
+            "TUN device {name} is in use by process {pid} (is another lametun running on it?)"
+        )));
+    }
     Ok(())
+}
+
+/// Another process of this network namespace that has a queue of TUN device `name`
+/// open: the kernel names the device of a TUN descriptor in its fdinfo (`iff:`). Only
+/// processes this one may inspect are seen (all of them for root).
+fn holder_of(name: &str) -> Option<u32> {
+    let ours = std::fs::read_link("/proc/self/ns/net").ok()?;
+    let me = std::process::id();
+    let want = format!("iff:\t{name}\n");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            if pid == me || std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()? != ours {
+                return None;
+            }
+            let holds = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+                .ok()?
+                .flatten()
+                .any(|fd| std::fs::read_to_string(fd.path()).is_ok_and(|t| t.contains(&want)));
+            holds.then_some(pid)
+        })
 }
 
 /// Opens (or creates) TUN device `name` with up to `workers` queues, with offloads if

@@ -521,20 +521,21 @@ fn a_multi_queue_device_made_earlier_opens_with_one_worker() {
         )
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    b.lametun(
-        Side::Server,
-        "server",
-        &[
-            "-listen",
-            "-device",
-            "ltmq0",
-            "--address",
-            SERVER_CIDR,
-            "--workers",
-            "1",
-        ],
-    )
-    .unwrap();
+    let server = b
+        .lametun(
+            Side::Server,
+            "server",
+            &[
+                "-listen",
+                "-device",
+                "ltmq0",
+                "--address",
+                SERVER_CIDR,
+                "--workers",
+                "1",
+            ],
+        )
+        .unwrap();
     b.lametun(
         Side::Client,
         "client",
@@ -554,6 +555,32 @@ fn a_multi_queue_device_made_earlier_opens_with_one_worker() {
         b.log("server")
     );
     assert!(b.log("server").contains("queues=1"), "{}", b.log("server"));
+    // A second tunnel on it would be attached as one more queue, and the kernel would
+    // split the traffic between them: it is refused, naming the holder. (Bounded: a
+    // second tunnel that starts would run until `timeout` ends it, and fail the test.)
+    let out = b
+        .exec(
+            Side::Server,
+            &[
+                "timeout",
+                "10",
+                lametun_bin(),
+                "-listen",
+                "-port",
+                "1240",
+                "-device",
+                "ltmq0",
+                "--workers",
+                "2",
+            ],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(&format!("TUN device ltmq0 is in use by process {server}")),
+        "{err}"
+    );
 }
 
 #[test]
