@@ -17,8 +17,10 @@
 //! datagram's (UDP). Anything else (fragments, IP options, IPv6 extension headers,
 //! `SYN`/`FIN`/`RST`/`URG`/ECN flags, a segment without payload, a UDP length that
 //! disagrees) is written as it came, and ends the superpacket its flow was building, so
-//! that nothing of the flow overtakes it. Packets of a flow stay in order; packets of
-//! different flows may be reordered relative to each other, which GRO does too.
+//! that nothing of the flow overtakes it, where its ports can be read (not for a later
+//! IPv4 fragment, nor behind IPv6 extension headers: there a segment after it may merge
+//! ahead of it, which TCP tolerates as reordering). Packets of different flows may be
+//! reordered relative to each other, which GRO does too.
 //!
 //! The inner checksums are not verified before merging (the kernel takes a superpacket's
 //! segments as checksummed): every packet arrived in a UDP datagram whose checksum the

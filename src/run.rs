@@ -212,6 +212,12 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
         let name = tun.name.clone();
         drop(tun);
         tun = device::open(&name, workers, false)?;
+        if configured == Configured::Done {
+            // A device this run created vanished with its last descriptor, and the one
+            // just opened is new: set it up again (on a persistent one this repeats
+            // what is already there).
+            device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
+        }
         tracing::info!(
             "{name}: offloads off: the device allows {segs} segments per superpacket, \
              and the cap of {} could not be set{}",

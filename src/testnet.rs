@@ -212,19 +212,19 @@ impl Bench {
     ///
     /// Distributions make `/dev/net/tun` readable and writable by all (0666), which that
     /// needs; some containers make it root's only. So the process gets a mount
-    /// namespace of its own in which `/dev/net/tun` is a 0666 node of the same device.
+    /// namespace of its own with a fresh tmpfs on `/dev/net` (not a `nodev` /tmp) and a
+    /// 0666 node of the same device in it.
     pub fn spawn_as(&mut self, uid: u32, side: Side, name: &str, args: &[&str]) -> io::Result<u32> {
-        let node = self.dir.join(format!("{name}-tun"));
-        let node = node.to_string_lossy().into_owned();
         let (reuid, regid) = (format!("--reuid={uid}"), format!("--regid={uid}"));
         let script = format!(
-            "mknod -m 666 \"$0\" c 10 200 && mount --bind \"$0\" /dev/net/tun && \
+            "mount -t tmpfs -o mode=755 lametun-test /dev/net && \
+             mknod -m 666 /dev/net/tun c 10 200 && \
              exec setpriv {reuid} {regid} --clear-groups \"$@\""
         );
         self.spawn_with(
             side,
             name,
-            &["unshare", "--mount", "sh", "-c", &script, &node],
+            &["unshare", "--mount", "sh", "-c", &script, "sh"],
             args,
         )
     }

@@ -436,7 +436,6 @@ fn a_device_made_for_a_user_carries_the_tunnel_of_that_unprivileged_user() {
         return;
     };
     assert!(log.contains("tun_offload=false"), "{log}");
-    assert!(log.contains("(it needs CAP_NET_ADMIN)"), "{log}");
 }
 
 /// The same, with the segment cap set by root: the unprivileged tunnel keeps offloads.
@@ -464,6 +463,16 @@ fn unprivileged_server(link: &[&str], tag: &str) -> Option<String> {
     ] {
         let out = b.exec(Side::Server, argv).unwrap();
         assert!(out.status.success(), "{argv:?}: {out:?}");
+    }
+    if let Some(at) = link.iter().position(|&a| a == "gso_max_segs") {
+        let shown = b
+            .exec(Side::Server, &["ip", "-d", "link", "show", "ltuser0"])
+            .unwrap();
+        let want = format!("gso_max_segs {}", link[at + 1]);
+        if !String::from_utf8_lossy(&shown.stdout).contains(&want) {
+            eprintln!("skipped: this kernel ignores the GSO segment cap of a link");
+            return None;
+        }
     }
     b.spawn_as(
         65534,
