@@ -211,6 +211,23 @@ pub(crate) fn start_pair(
     (server, client)
 }
 
+/// Starts the client ("client": IPv4 inside, the server's IPv4 underlay address, `extra`)
+/// and waits until it reaches the server. Returns its PID.
+fn start_client(b: &mut Bench, extra: &[&str]) -> u32 {
+    let mut args = vec![
+        "-server",
+        SERVER_UL,
+        "-device",
+        "tun0",
+        "--address",
+        CLIENT_CIDR,
+    ];
+    args.extend_from_slice(extra);
+    let pid = b.lametun(Side::Client, "client", &args).unwrap();
+    wait_up(b);
+    pid
+}
+
 /// Waits (at most 10 s) until the client reaches the server through the tunnel.
 pub(crate) fn wait_up(b: &Bench) {
     assert!(
@@ -481,24 +498,7 @@ fn unprivileged_server(link: &[&str], tag: &str) -> Option<String> {
         &["-listen", "-device", "ltuser0"],
     )
     .unwrap();
-    b.lametun(
-        Side::Client,
-        "client",
-        &[
-            "-server",
-            SERVER_UL,
-            "-device",
-            "tun0",
-            "--address",
-            CLIENT_CIDR,
-        ],
-    )
-    .unwrap();
-    assert!(
-        b.wait_for_ping(Side::Client, SERVER_TUN, Duration::from_secs(5)),
-        "{}",
-        b.log("server")
-    );
+    start_client(&mut b, &[]);
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5301), 4 << 20);
     let log = b.log("server");
     assert!(log.contains("leaving it as it is"), "{log}");
@@ -545,24 +545,7 @@ fn a_multi_queue_device_made_earlier_opens_with_one_worker() {
             ],
         )
         .unwrap();
-    b.lametun(
-        Side::Client,
-        "client",
-        &[
-            "-server",
-            SERVER_UL,
-            "-device",
-            "tun0",
-            "--address",
-            CLIENT_CIDR,
-        ],
-    )
-    .unwrap();
-    assert!(
-        b.wait_for_ping(Side::Client, SERVER_TUN, Duration::from_secs(5)),
-        "{}",
-        b.log("server")
-    );
+    start_client(&mut b, &[]);
     assert!(b.log("server").contains("queues=1"), "{}", b.log("server"));
     // A second tunnel on it would be attached as one more queue, and the kernel would
     // split the traffic between them: it is refused, naming the holder. (Bounded: a
@@ -806,22 +789,7 @@ fn the_go_lametun_as_server_talks_to_ours() {
         .unwrap();
     configure_go_device(&b, Side::Server, SERVER_CIDR);
     b.binary = lametun_bin().into();
-    b.lametun(
-        Side::Client,
-        "client",
-        &[
-            "-server",
-            SERVER_UL,
-            "-device",
-            "tun0",
-            "--address",
-            CLIENT_CIDR,
-            "--workers",
-            "2",
-        ],
-    )
-    .unwrap();
-    wait_up(&b);
+    start_client(&mut b, &["--workers", "2"]);
     // Two workers, one socket: the Go server answers the last address it heard from,
     // so a client that sent from two ports would get a flow's packets on both.
     assert!(b.log("client").contains("sockets=1"), "{}", b.log("client"));
