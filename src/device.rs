@@ -21,7 +21,8 @@
 //! Every feature is probed and falls back: a device created earlier without multi-queue
 //! support gets one queue, a kernel without TUN offloads gets plain reads and writes, a
 //! process without `CAP_NET_ADMIN` (on a device made for its user) leaves the link as
-//! it is and runs without offloads, whose segment cap it cannot set.
+//! it is, and offloads stay on only where the link's segment cap holds (it cannot set
+//! it; root may have).
 
 use std::io;
 use std::sync::Arc;

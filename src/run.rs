@@ -191,44 +191,7 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
 
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let workers = config.io.workers.resolve(cpus);
-    let mut tun = device::open(&config.device.name, workers, config.io.offload)?;
-    let configured =
-        device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
-    if configured == Configured::NotPermitted {
-        tracing::warn!(
-            "{}: no permission to configure it (root or CAP_NET_ADMIN), and no address \
-             to set: leaving it as it is. Its MTU should be {mtu}: `sudo ip link set dev {} mtu {mtu} up`",
-            tun.name,
-            tun.name
-        );
-    }
-    if tun.offload
-        && let Some(segs) = device::segment_cap_missing(&tun).await
-    {
-        // Offloads need the cap on the segments per superpacket: without it a tiny TCP
-        // MSS could make superpackets larger than a read can split. It is missing when
-        // the link could not be configured, or on a kernel that ignores the attribute.
-        // Reopen without them.
-        let name = tun.name.clone();
-        drop(tun);
-        tun = device::open(&name, workers, false)?;
-        if configured == Configured::Done {
-            // A device this run created vanished with its last descriptor, and the one
-            // just opened is new: set it up again (on a persistent one this repeats
-            // what is already there).
-            device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
-        }
-        tracing::info!(
-            "{name}: offloads off: the device allows {segs} segments per superpacket, \
-             and the cap of {} could not be set{}",
-            device::GSO_MAX_SEGS,
-            if configured == Configured::NotPermitted {
-                " (it needs CAP_NET_ADMIN)"
-            } else {
-                ""
-            }
-        );
-    }
+    let (tun, configured) = open_device(&config, workers, mtu).await?;
     // The sockets (paths): one per worker on a listener, one on a client by default.
     let listening = ends.server.is_none();
     let sockets = udp::bind_paths(
@@ -338,6 +301,55 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
         summary(&lametun_core::telemetry::SnapshotSource::snapshot(&*fwd))
     );
     outcome
+}
+
+/// Opens the TUN device and configures its link: with offloads where the device's
+/// segment cap holds, and left as it is when this process may not change it and no
+/// address or route was asked for.
+async fn open_device(
+    config: &TunnelConfig,
+    workers: usize,
+    mtu: u16,
+) -> Result<(device::Tun, Configured), Failure> {
+    let mut tun = device::open(&config.device.name, workers, config.io.offload)?;
+    let configured =
+        device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
+    if configured == Configured::NotPermitted {
+        tracing::warn!(
+            "{}: no permission to configure it (root or CAP_NET_ADMIN), and no address \
+             to set: leaving it as it is. Its MTU should be {mtu}: `sudo ip link set dev {} mtu {mtu} up`",
+            tun.name,
+            tun.name
+        );
+    }
+    if tun.offload
+        && let Some(segs) = device::segment_cap_missing(&tun).await
+    {
+        // Offloads need the cap on the segments per superpacket: without it a tiny TCP
+        // MSS could make superpackets larger than a read can split. It is missing when
+        // the link could not be configured, or on a kernel that ignores the attribute.
+        // Reopen without them.
+        let name = tun.name.clone();
+        drop(tun);
+        tun = device::open(&name, workers, false)?;
+        if configured == Configured::Done {
+            // A device this run created vanished with its last descriptor, and the one
+            // just opened is new: set it up again (on a persistent one this repeats
+            // what is already there).
+            device::configure(&tun, mtu, &config.device.addresses, &config.device.routes).await?;
+        }
+        tracing::info!(
+            "{name}: offloads off: the device allows {segs} segments per superpacket, \
+             and the cap of {} could not be set{}",
+            device::GSO_MAX_SEGS,
+            if configured == Configured::NotPermitted {
+                " (it needs CAP_NET_ADMIN)"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok((tun, configured))
 }
 
 type ThreadExit = (String, std::io::Result<()>);
