@@ -333,13 +333,16 @@ impl Coalescer {
         if h.later_fragment || !matches!(h.proto, TCP | UDP) || p.len() < h.len + 4 {
             return;
         }
+        // Where its ports are: enough for `same_flow` (which reads no further).
+        let ports = Parsed {
+            v6: h.v6,
+            proto: h.proto,
+            ip: h.len,
+            headers: h.len + 4,
+        };
         for w in self.writes.iter_mut().filter(|w| w.open) {
-            let Some(flow) = w.flow else { continue };
-            let (first, f) = (packets[flow.first], flow.parsed);
-            if f.v6 == h.v6
-                && f.proto == h.proto
-                && addresses(first, f.v6) == addresses(p, h.v6)
-                && first[f.ip..f.ip + 4] == p[h.len..h.len + 4]
+            if let Some(flow) = w.flow
+                && same_flow(packets[flow.first], flow.parsed, p, ports)
             {
                 w.open = false;
             }
@@ -472,8 +475,7 @@ fn same_flow(a: &[u8], pa: Parsed, b: &[u8], pb: Parsed) -> bool {
     if pa.v6 != pb.v6 || pa.proto != pb.proto {
         return false;
     }
-    let addrs = if pa.v6 { 8..40 } else { 12..20 };
-    a[addrs.clone()] == b[addrs] && a[pa.ip..pa.ip + 4] == b[pb.ip..pb.ip + 4]
+    addresses(a, pa.v6) == addresses(b, pb.v6) && a[pa.ip..pa.ip + 4] == b[pb.ip..pb.ip + 4]
 }
 
 /// Headers equal apart from what differs between the segments of one superpacket.
