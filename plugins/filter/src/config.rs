@@ -641,7 +641,7 @@ pub(crate) const ICMP_TYPES: [(&str, u8); 11] = [
 ];
 
 /// ICMPv6 (RFC 4443, 4861, 2710) message types by name.
-pub(crate) const ICMPV6_TYPES: [(&str, u8); 13] = [
+pub(crate) const ICMPV6_TYPES: [(&str, u8); 14] = [
     ("destination-unreachable", 1),
     ("packet-too-big", 2),
     ("time-exceeded", 3),
@@ -655,6 +655,7 @@ pub(crate) const ICMPV6_TYPES: [(&str, u8); 13] = [
     ("router-advertisement", 134),
     ("neighbor-solicitation", 135),
     ("neighbor-advertisement", 136),
+    ("redirect", 137),
 ];
 
 fn add_icmp_type(v: &Value, v4: bool, v6: bool, types: &mut IcmpTypes) -> Result<(), String> {

@@ -715,3 +715,37 @@ fn parsed_fields_of_a_long_chain() {
     assert_eq!(h.fragment, Fragment::First);
     assert_eq!(h.transport, Transport::Ports { src: 7, dst: 9 });
 }
+
+#[test]
+fn redirect_names_the_icmp_and_the_icmpv6_redirect() {
+    // RFC 792 type 5 and RFC 4861 §4.5 type 137: "drop redirects" must drop both.
+    let f = filter("{default: allow, rules: [{action: deny, icmp_type: redirect}]}");
+    check(
+        &f,
+        &[
+            (
+                "icmp redirect",
+                In,
+                v4(CLIENT4, SERVER4, ICMP, &icmp(5, 32)),
+                rule(0, DENY),
+            ),
+            (
+                "icmpv6 redirect",
+                In,
+                v6(CLIENT6, SERVER6, &[], ICMPV6, &icmp(137, 32)),
+                rule(0, DENY),
+            ),
+            (
+                "icmpv6 type 5 is no redirect",
+                In,
+                v6(CLIENT6, SERVER6, &[], ICMPV6, &icmp(5, 32)),
+                Decision::Default(ALLOW),
+            ),
+        ],
+    );
+    let f = filter("{default: allow, rules: [{action: deny, proto: icmpv6, icmp_type: redirect}]}");
+    assert_eq!(
+        f.decide(In, &v6(CLIENT6, SERVER6, &[], ICMPV6, &icmp(137, 32))),
+        rule(0, DENY)
+    );
+}
