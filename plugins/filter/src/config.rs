@@ -269,7 +269,9 @@ fn compile_rule(
     if let Some(v) = get("name") {
         match v {
             Value::Str(s)
-                if !s.trim().is_empty() && s.len() <= 64 && !s.chars().any(char::is_control) => {}
+                if !s.trim().is_empty()
+                    && s.chars().count() <= 64
+                    && !s.chars().any(char::is_control) => {}
             _ => errors.push(
                 field("name"),
                 format!("expected a short text (at most 64 characters), found {v}"),

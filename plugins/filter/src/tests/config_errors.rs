@@ -191,6 +191,28 @@ rules:
 }
 
 #[test]
+fn a_name_is_limited_to_64_characters_not_bytes() {
+    // 40 Cyrillic letters are 80 bytes of UTF-8, but 40 characters.
+    let cyrillic: String = "правило".chars().cycle().take(40).collect();
+    let f = filter(&format!(
+        "{{default: allow, rules: [{{action: deny, name: {cyrillic}}}]}}"
+    ));
+    assert_eq!(f.labels(), [cyrillic]);
+    let f = filter(&format!(
+        "{{default: allow, rules: [{{action: deny, name: {}}}]}}",
+        "a".repeat(64)
+    ));
+    assert_eq!(f.len(), 1);
+    assert_has(
+        &lines(&format!(
+            "{{default: allow, rules: [{{action: deny, name: {}}}]}}",
+            "a".repeat(65)
+        )),
+        "rules[0].name: expected a short text (at most 64 characters)",
+    );
+}
+
+#[test]
 fn spellings_users_reach_for_are_accepted() {
     let f = filter(
         r#"
