@@ -22,7 +22,8 @@
 //! number) and `fragment`. Every one of them but `direction` and `fragment` also takes a
 //! list, which matches if any item does: `dst_port: [80, 443, 8000-8999]`. `name` labels
 //! the rule in counters. The full reference, with the reasons behind each choice, is the
-//! crate's `README.md`.
+//! section "Filter" of lametun's top-level `README.md` (the crate's own `README.md` only
+//! points there).
 //!
 //! # How a packet is judged
 //!
