@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use lametun_core::{
     BackgroundTask, BuildContext, BuildError, Metric, MetricKind, PacketBuf, PacketMeta, Stage,
-    StageConfig, TelemetryHandle, Verdict,
+    StageConfig, TelemetryHandle, TunnelSnapshot, Verdict,
 };
 use serde::Deserialize;
 
@@ -149,6 +149,7 @@ impl StageConfig for StatsConfig {
             }
         };
         errors.or_ok(Stats {
+            index: cx.stage_index(),
             outbound: DirCounters::default(),
             inbound: DirCounters::default(),
             interval,
@@ -214,6 +215,8 @@ pub struct StatsTotals {
 
 /// The `stats` stage: counts what passes, never drops. See the [crate docs](crate).
 pub struct Stats {
+    /// Position in the chain, to find this stage's label in a snapshot.
+    index: usize,
     outbound: DirCounters,
     inbound: DirCounters,
     interval: Option<Duration>,
@@ -253,6 +256,18 @@ impl Stats {
     pub fn interval(&self) -> Option<Duration> {
         self.interval
     }
+
+    /// This stage's label (`stats#2`) when the chain holds the type more than once, so
+    /// that the summary lines of several `stats` stages can be told apart; `None` when
+    /// it is the only one (its label is then just `stats`).
+    fn label_among_several<'a>(&self, snapshot: &'a TunnelSnapshot) -> Option<&'a str> {
+        snapshot
+            .stages
+            .iter()
+            .find(|s| s.index == self.index)
+            .filter(|s| s.label != s.type_name)
+            .map(|s| s.label.as_str())
+    }
 }
 
 impl Stage for Stats {
@@ -285,7 +300,10 @@ impl Stage for Stats {
         // atomics, so holding the reporter lock here is fine.
         let snapshot = self.telemetry.snapshot();
         if let Some(line) = reporter.report(now, self.totals(), snapshot.as_ref()) {
-            tracing::info!(target: "lametun::stats", "{line}");
+            match snapshot.as_ref().and_then(|s| self.label_among_several(s)) {
+                Some(label) => tracing::info!(target: "lametun::stats", "{label}: {line}"),
+                None => tracing::info!(target: "lametun::stats", "{line}"),
+            }
         }
     }
 

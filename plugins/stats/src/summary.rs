@@ -7,7 +7,8 @@
 //! Rates are over the time since the previous line, totals since start. Packets and
 //! bytes are the ones this stage saw (see the crate docs for where that is); drops and
 //! errors come from the whole tunnel's [`TunnelSnapshot`], and are left out when the
-//! stage runs without a tunnel (in tests).
+//! stage runs without a tunnel (in tests). With several `stats` stages in the chain,
+//! the stage prefixes its line with its label (`stats#2: out …`).
 //!
 //! Everything here is a pure function of counters and times, so it is tested without
 //! a clock or a log.

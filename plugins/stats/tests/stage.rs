@@ -270,3 +270,66 @@ fn ticks_without_a_tunnel_or_with_reports_off_do_nothing_harmful() {
         }
     }
 }
+
+/// What `f` logs (at `info` and above), as the binary's log would show it.
+fn logged(f: impl FnOnce()) -> String {
+    #[derive(Clone, Default)]
+    struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_target(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::with_default(subscriber, f);
+    String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+}
+
+#[test]
+fn two_stats_stages_say_which_one_a_summary_line_is_from() {
+    let telemetry = TelemetryHandle::default();
+    let cx = BuildContext::new(None, telemetry.clone());
+    let above = std::sync::Arc::new(build("interval: 1s", &cx.for_stage(0)).unwrap());
+    let below = std::sync::Arc::new(build("interval: 1s", &cx.for_stage(1)).unwrap());
+    let mut p = Pipeline::new();
+    p.push("stats", "stats#0", Box::new(Shared(above.clone())));
+    p.push("stats", "stats#1", Box::new(Shared(below.clone())));
+    let f = client(p, &telemetry);
+    send(&f, &ping(100));
+    let t0 = Instant::now();
+    let log = logged(|| {
+        for i in 0..2 {
+            above.on_tick(t0 + Duration::from_secs(i));
+            below.on_tick(t0 + Duration::from_secs(i));
+        }
+    });
+    let lines: Vec<_> = log.lines().collect();
+    assert_eq!(lines.len(), 2, "{log}");
+    assert!(lines[0].contains(" stats#0: out "), "{log}");
+    assert!(lines[1].contains(" stats#1: out "), "{log}");
+
+    // Alone in its chain, a stats stage's line is as the README shows it.
+    let telemetry = TelemetryHandle::default();
+    let cx = BuildContext::new(None, telemetry.clone());
+    let alone = std::sync::Arc::new(build("interval: 1s", &cx).unwrap());
+    let mut p = Pipeline::new();
+    p.push("stats", "stats", Box::new(Shared(alone.clone())));
+    let _f = client(p, &telemetry);
+    let log = logged(|| {
+        for i in 0..2 {
+            alone.on_tick(t0 + Duration::from_secs(i));
+        }
+    });
+    assert!(log.contains(" INFO out 0 pkt/s"), "{log}");
+}
