@@ -92,8 +92,12 @@ fn parse_interval(raw: &RawInterval) -> Result<Option<Duration>, String> {
         RawInterval::Number(n) => Err(format!("{EXPECTED}, found {n}")),
         RawInterval::Text(s) => {
             let s = s.trim();
-            if s == "off" || s == "0" {
+            if s == "off" {
                 return Ok(None);
+            }
+            // A number in quotes (`"30"`) is a number of seconds, as without them.
+            if let Ok(n) = s.parse::<f64>() {
+                return parse_interval(&RawInterval::Number(n));
             }
             match humantime::parse_duration(s) {
                 Ok(d) if d.is_zero() => Ok(None),

@@ -200,7 +200,13 @@ fn config_errors_name_the_key_and_come_together() {
     assert_eq!(paths, ["interval", "listen"], "{err}");
     assert!(err.errors[0].message.contains("\"fast\""), "{err}");
 
-    for bad in ["interval: -1", "interval: true", "interval: 1e12"] {
+    for bad in [
+        "interval: -1",
+        "interval: true",
+        "interval: 1e12",
+        "interval: \"-1\"",
+        "interval: \"inf\"",
+    ] {
         let err = build(bad, &cx).unwrap_err();
         assert_eq!(err.errors[0].path, "interval", "{bad}: {err}");
     }
@@ -237,6 +243,9 @@ fn intervals_and_describe() {
         ("interval: 0", None),
         ("interval: off", None),
         ("interval: \"0\"", None),
+        // A number in quotes is still a number of seconds.
+        ("interval: \"30\"", Some(Duration::from_secs(30))),
+        ("interval: \" 0.5 \"", Some(Duration::from_millis(500))),
         ("interval: false", None),
     ];
     for (yaml, want) in cases {
