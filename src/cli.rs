@@ -259,6 +259,16 @@ fn init_logging() {
         .try_init();
 }
 
+/// The `--interval` of `lametun stats`, in seconds: at least 0.1, and no longer than a
+/// [`Duration`](std::time::Duration) holds (`1e20` is an error, not a panic).
+fn stats_interval(secs: f64) -> Result<std::time::Duration, Failure> {
+    if !(secs.is_finite() && secs >= 0.1) {
+        return Err(Failure::Setup("--interval: at least 0.1 seconds".into()));
+    }
+    std::time::Duration::try_from_secs_f64(secs)
+        .map_err(|_| Failure::Setup(format!("--interval: {secs} seconds is too long")))
+}
+
 fn fail(f: &Failure) -> ExitCode {
     eprintln!("lametun: {f}");
     ExitCode::from(f.exit_code())
@@ -288,18 +298,10 @@ pub fn main() -> ExitCode {
             addr,
             watch,
             interval,
-        }) => {
-            if !(interval.is_finite() && *interval >= 0.1) {
-                Err(Failure::Setup("--interval: at least 0.1 seconds".into()))
-            } else {
-                lametun_stage_stats::run_stats_command(
-                    addr,
-                    *watch,
-                    std::time::Duration::from_secs_f64(*interval),
-                )
+        }) => stats_interval(*interval).and_then(|interval| {
+            lametun_stage_stats::run_stats_command(addr, *watch, interval)
                 .map_err(|e| Failure::Setup(format!("stats: {e}")))
-            }
-        }
+        }),
         None => cli.tunnel_config().and_then(|config| {
             if config.peer.role.is_none() {
                 return Err(Failure::Setup(run::NO_ROLE.into()));
@@ -583,6 +585,19 @@ mod tests {
             assert_eq!(e.exit_code(), 2, "{bad:?}");
         }
         assert!(parse(&["lametun", "-port", "70000"]).is_err());
+    }
+
+    #[test]
+    fn stats_interval_is_checked_not_a_panic() {
+        assert_eq!(
+            stats_interval(2.0).unwrap(),
+            std::time::Duration::from_secs(2)
+        );
+        for bad in [0.05, -1.0, f64::NAN, f64::INFINITY, 1e20, 1e300] {
+            let e = stats_interval(bad).unwrap_err();
+            assert_eq!(e.exit_code(), 2, "{bad}");
+            assert!(e.to_string().contains("--interval"), "{bad}: {e}");
+        }
     }
 
     #[test]
