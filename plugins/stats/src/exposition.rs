@@ -29,6 +29,7 @@
 //! Prometheus name, when it would collide with one of the names above, when it uses the
 //! reserved `stage` label, or when two stages report the same name with different kinds.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -109,6 +110,7 @@ pub fn encode(snapshot: &TunnelSnapshot, uptime: Option<Duration>, format: Forma
     registry.register_collector(Box::new(SnapshotCollector {
         snapshot: snapshot.clone(),
         uptime,
+        format,
     }));
     let mut out = String::with_capacity(8 << 10);
     let result = match format {
@@ -126,6 +128,27 @@ pub fn encode(snapshot: &TunnelSnapshot, uptime: Option<Duration>, format: Forma
 struct SnapshotCollector {
     snapshot: TunnelSnapshot,
     uptime: Option<Duration>,
+    format: Format,
+}
+
+/// A stage's help text as `format` wants it on its `# HELP` line. The classic format's
+/// encoder escapes `\\` and line feeds itself; the OpenMetrics one writes the text as
+/// it is, but OpenMetrics also wants `"` escaped (the filter's help quotes
+/// `rule="default"`), and a line feed would end the line.
+fn help_text(help: &str, format: Format) -> Cow<'_, str> {
+    if format == Format::PrometheusText || !help.contains(['\\', '"', '\n']) {
+        return Cow::Borrowed(help);
+    }
+    let mut out = String::with_capacity(help.len() + 8);
+    for c in help.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 type Labels<'a> = Vec<(&'a str, &'a str)>;
@@ -311,7 +334,7 @@ impl Collector for SnapshotCollector {
             family(
                 &mut enc,
                 f.name,
-                f.help,
+                &help_text(f.help, self.format),
                 f.kind,
                 f.samples.iter().map(|(stage, m)| {
                     let mut labels: Labels<'_> = vec![("stage", *stage)];

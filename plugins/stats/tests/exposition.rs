@@ -119,6 +119,31 @@ fn label_values_are_escaped_and_read_back() {
 }
 
 #[test]
+fn help_texts_are_escaped_as_each_format_wants() {
+    // The filter's help quotes a label value (`rule="default"`); OpenMetrics allows `"`
+    // in a HELP text only escaped, the classic format as it is. Both escape `\\` and
+    // line feeds, which would otherwise end the line.
+    let mut s = snapshot();
+    s.stages[0].metrics[0].help = "rule=\"default\" counts the rest \\ and\nmore";
+    let text = encode(&s, None, Format::OpenMetrics);
+    assert!(
+        text.contains(
+            "# HELP lametun_filter_rule_matches rule=\\\"default\\\" counts the rest \\\\ and\\nmore\n"
+        ),
+        "{text}"
+    );
+    assert!(parse(&text).is_ok(), "{text}");
+    let text = encode(&s, None, Format::PrometheusText);
+    assert!(
+        text.contains(
+            "# HELP lametun_filter_rule_matches_total rule=\"default\" counts the rest \\\\ and\\nmore\n"
+        ),
+        "{text}"
+    );
+    assert!(parse(&text).is_ok(), "{text}");
+}
+
+#[test]
 fn both_formats_read_back_into_the_same_report() {
     let snap = snapshot();
     for format in [Format::OpenMetrics, Format::PrometheusText] {
