@@ -26,8 +26,9 @@
 //! holds the type twice. Drop counters list only the reasons that happened.
 //!
 //! A stage metric is skipped (and logged at `debug`) when its name is not a valid
-//! Prometheus name, when it would collide with one of the names above, when it uses the
-//! reserved `stage` label, or when two stages report the same name with different kinds.
+//! Prometheus name, when it would collide with one of the names above, when it is a
+//! gauge named `…_total` (the name of a counter's samples), when it uses the reserved
+//! `stage` label, or when two stages report the same name with different kinds.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -240,7 +241,10 @@ fn stage_families<'a>(snapshot: &'a TunnelSnapshot, counters: &[&str]) -> Vec<St
                 .labels
                 .iter()
                 .any(|(k, _)| *k == "stage" || !valid_name(k));
-            if !valid_name(name) || reserved(name, counters) || bad_label {
+            // A counter `x` writes the sample `x_total`: a gauge of that name would be a
+            // second series of the same name (and `_total` means a counter to readers).
+            let counter_like = m.kind == MetricKind::Gauge && name.ends_with("_total");
+            if !valid_name(name) || reserved(name, counters) || bad_label || counter_like {
                 tracing::debug!(stage = %stage.label, metric = m.name, "skipped a stage metric: invalid or reserved name or label");
                 continue;
             }

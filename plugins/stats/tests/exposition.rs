@@ -119,6 +119,34 @@ fn label_values_are_escaped_and_read_back() {
 }
 
 #[test]
+fn a_gauge_named_like_a_counters_sample_is_skipped_not_a_duplicate_series() {
+    use lametun_core::MetricKind::Gauge;
+    // A counter `x` is written as the sample `x_total`: a gauge named `x_total` would
+    // write a second series of that name, of another type.
+    let mut s = snapshot();
+    s.stages[2].metrics.extend([
+        common::metric("tun_rx_packets_total", Gauge, &[], 7.0),
+        common::metric("filter_rule_matches_total", Gauge, &[("rule", "8")], 7.0),
+        common::metric("stats_packets_total", Gauge, &[("direction", "x")], 7.0),
+    ]);
+    for format in [Format::OpenMetrics, Format::PrometheusText] {
+        let text = encode(&s, None, format);
+        for name in [
+            "lametun_tun_rx_packets_total",
+            "lametun_filter_rule_matches_total",
+            "lametun_stats_packets_total",
+        ] {
+            let gauge = format!("# TYPE {name} gauge");
+            assert!(
+                !text.lines().any(|l| l == gauge),
+                "{name} typed as a gauge in:\n{text}"
+            );
+        }
+        assert!(!text.contains(" 7\n"), "{text}");
+    }
+}
+
+#[test]
 fn help_texts_are_escaped_as_each_format_wants() {
     // The filter's help quotes a label value (`rule="default"`); OpenMetrics allows `"`
     // in a HELP text only escaped, the classic format as it is. Both escape `\\` and
