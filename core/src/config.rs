@@ -392,26 +392,10 @@ impl std::error::Error for ConfigErrors {}
 #[serde(deny_unknown_fields)]
 struct RawDevice {
     name: Option<String>,
-    address: Option<OneOrMany>,
+    address: Option<yaml_serde::Value>,
     mtu: Option<yaml_serde::Value>,
     packet_info: Option<bool>,
-    routes: Option<OneOrMany>,
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(String),
-    Many(Vec<String>),
-}
-
-impl OneOrMany {
-    fn into_vec(self) -> Vec<String> {
-        match self {
-            Self::One(s) => vec![s],
-            Self::Many(v) => v,
-        }
-    }
+    routes: Option<yaml_serde::Value>,
 }
 
 #[derive(Deserialize)]
@@ -460,7 +444,17 @@ impl Parser {
     ) -> Option<T> {
         let value = match value {
             None | Some(yaml_serde::Value::Null) => &yaml_serde::Value::Mapping(Default::default()),
-            Some(v) => v,
+            Some(v @ yaml_serde::Value::Mapping(_)) => v,
+            Some(other) => {
+                self.error(
+                    name,
+                    format!(
+                        "expected a mapping of `{name}` keys, found {}",
+                        describe(other)
+                    ),
+                );
+                return None;
+            }
         };
         match serde_path_to_error::deserialize::<_, T>(value) {
             Ok(t) => Some(t),
@@ -477,14 +471,28 @@ impl Parser {
         }
     }
 
-    fn cidrs(&mut self, path: &str, values: Vec<String>) -> Vec<IpNet> {
-        let many = values.len() > 1;
+    /// One CIDR or a list of them (`device.address`, `device.routes`).
+    fn cidrs(&mut self, path: &str, value: &yaml_serde::Value) -> Vec<IpNet> {
+        let expected = "expected a CIDR such as 172.31.255.7/24 or fd00::7/64";
+        let items: Vec<(String, &yaml_serde::Value)> = match value {
+            yaml_serde::Value::Sequence(list) if list.len() > 1 => list
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (format!("{path}[{i}]"), v))
+                .collect(),
+            yaml_serde::Value::Sequence(list) => {
+                list.iter().map(|v| (path.to_owned(), v)).collect()
+            }
+            one => vec![(path.to_owned(), one)],
+        };
         let mut out = Vec::new();
-        for (i, s) in values.into_iter().enumerate() {
-            let at = if many {
-                format!("{path}[{i}]")
-            } else {
-                path.to_owned()
+        for (at, v) in items {
+            let yaml_serde::Value::String(s) = v else {
+                self.error(
+                    at,
+                    format!("{expected} (or a list of them), found {}", describe(v)),
+                );
+                continue;
             };
             match s.trim().parse::<IpNet>() {
                 Ok(net) => out.push(net),
@@ -652,11 +660,11 @@ impl TunnelConfig {
                 }
             }
             if let Some(a) = raw.address {
-                d.addresses = p.cidrs("device.address", a.into_vec());
+                d.addresses = p.cidrs("device.address", &a);
             }
             if let Some(r) = raw.routes {
                 d.routes = p
-                    .cidrs("device.routes", r.into_vec())
+                    .cidrs("device.routes", &r)
                     .into_iter()
                     .map(|n| n.trunc())
                     .collect();
@@ -966,6 +974,32 @@ pipeline:
         assert_eq!(c.peer.keepalive(), None);
         let c = TunnelConfig::from_yaml("peer: {listen: true, keepalive: 5}", None).unwrap();
         assert_eq!(c.peer.keepalive(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn wrong_shapes_are_described_in_yaml_words() {
+        // Not the names of the parser's Rust types.
+        for (text, want) in [
+            (
+                "device:\n  address: [10.0.0.1/24, 5]\n",
+                "line 2: device.address[1]: expected a CIDR such as 172.31.255.7/24 or fd00::7/64 (or a list of them), found 5",
+            ),
+            (
+                "device:\n  routes:\n    via: 10.0.0.1\n",
+                "line 3: device.routes: expected a CIDR such as 172.31.255.7/24 or fd00::7/64 (or a list of them), found a mapping",
+            ),
+            (
+                "peer: 5\n",
+                "line 1: peer: expected a mapping of `peer` keys, found 5",
+            ),
+            (
+                "io: [offload]\n",
+                "line 1: io: expected a mapping of `io` keys, found a list",
+            ),
+        ] {
+            let e = TunnelConfig::from_yaml(text, None).unwrap_err();
+            assert_eq!(e.to_string(), want, "for {text:?}");
+        }
     }
 
     #[test]
