@@ -34,11 +34,29 @@ pub fn run() -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let flag = interrupted.clone();
+    // Listening from here on, before the first step (in the task, a Ctrl-C in between
+    // could still end this process and leave the namespaces behind).
+    let mut sigint = rt
+        .block_on(async {
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        })
+        .map_err(|e| format!("cannot catch Ctrl-C: {e}"))?;
     rt.spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
+        if sigint.recv().await.is_some() {
             flag.store(true, Ordering::SeqCst);
         }
     });
+    let result = steps(exe, &interrupted);
+    // Ctrl-C also ended the processes of the step under way (a ping, `ip`, the two
+    // tunnels), so that step failed: say why, not what it failed with.
+    if interrupted.load(Ordering::SeqCst) {
+        return Err("interrupted: namespaces removed, processes ended".to_owned());
+    }
+    result
+}
+
+/// The demo's steps; the bench they make is taken down when they return.
+fn steps(exe: std::path::PathBuf, interrupted: &AtomicBool) -> Result<(), String> {
     let check = || {
         if interrupted.load(Ordering::SeqCst) {
             Err("interrupted".to_owned())
@@ -86,8 +104,17 @@ pub fn run() -> Result<(), String> {
     bench
         .lametun(Side::Client, "client", &client)
         .map_err(|e| e.to_string())?;
+    // Up to 10 s, a second at a time, so that Ctrl-C is heard within one.
+    let mut up = false;
+    for _ in 0..10 {
+        check()?;
+        if bench.wait_for_ping(Side::Client, testnet::SERVER_TUN, Duration::from_secs(1)) {
+            up = true;
+            break;
+        }
+    }
     check()?;
-    if !bench.wait_for_ping(Side::Client, testnet::SERVER_TUN, Duration::from_secs(10)) {
+    if !up {
         return Err(format!(
             "the tunnel did not come up within 10 s\nserver log:\n{}\nclient log:\n{}",
             bench.log("server"),
@@ -108,6 +135,7 @@ pub fn run() -> Result<(), String> {
         .ping(Side::Client, testnet::SERVER_TUN, 5, None, false)
         .map_err(|e| e.to_string())?;
     println!("  client -> {}: {there}/5 replies", testnet::SERVER_TUN);
+    check()?;
     let back = bench
         .ping(Side::Server, testnet::CLIENT_TUN, 5, None, false)
         .map_err(|e| e.to_string())?;

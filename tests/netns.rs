@@ -917,3 +917,78 @@ fn no_permission_for_the_tun_device_is_explained() {
         "{err}"
     );
 }
+
+/// `lametun demo` interrupted by Ctrl-C (SIGINT to its process group, as a terminal
+/// sends it) at different steps: it stops within seconds, says it was interrupted (not
+/// that the step under way failed), and leaves no namespace behind.
+#[test]
+fn demo_stops_promptly_and_cleans_up_on_ctrl_c() {
+    use std::os::unix::process::CommandExt;
+    if let Some(why) = testnet::unavailable() {
+        assert!(
+            std::env::var("LAMETUN_REQUIRE_NETNS").as_deref() != Ok("1"),
+            "LAMETUN_REQUIRE_NETNS=1 but this machine cannot run the demo: {why}"
+        );
+        eprintln!("skipped: this test {why}");
+        return;
+    }
+    // While it starts the tunnels and waits for them, and during the pings.
+    for delay_ms in [150, 250, 700] {
+        let mut child = std::process::Command::new(lametun_bin())
+            .arg("demo")
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let sent = Instant::now();
+        // The demo's own process group (it leads it): the demo, its tunnels, its pings.
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(-(pid as i32)),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let mut status = None;
+        while sent.elapsed() < Duration::from_secs(30) {
+            if let Some(s) = child.try_wait().unwrap() {
+                status = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let took = sent.elapsed();
+        if status.is_none() {
+            let _ = child.kill();
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let namespaces = std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap();
+        let prefix = format!("ltdemo{pid:x}x");
+        let left: Vec<String> = String::from_utf8_lossy(&namespaces.stdout)
+            .lines()
+            .filter(|l| l.starts_with(&prefix))
+            .map(|l| l.split_whitespace().next().unwrap_or("").to_owned())
+            .collect();
+        for ns in &left {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", ns])
+                .status();
+        }
+        assert!(left.is_empty(), "after {delay_ms} ms: left behind {left:?}");
+        assert_eq!(out.status.code(), Some(1), "after {delay_ms} ms: {stderr}");
+        assert!(
+            stderr.contains("lametun: interrupted"),
+            "after {delay_ms} ms, the demo should say it was interrupted:\n{stderr}"
+        );
+        assert!(
+            took < Duration::from_secs(5),
+            "after {delay_ms} ms, the demo took {took:?} to stop"
+        );
+    }
+}
