@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use lametun_core::config::{MtuSetting, Role, TunnelConfig, check_ifname};
+use lametun_core::config::{MtuSetting, Role, TunnelConfig, Workers, check_ifname};
 use lametun_core::registry;
 
 use crate::run::{self, Failure};
@@ -227,14 +227,15 @@ impl Cli {
             config.peer.keepalive = parsed.peer.keepalive;
         }
         if let Some(w) = &self.workers {
-            let yaml = if w == "auto" {
-                "io: {workers: auto}".to_owned()
-            } else {
-                format!("io: {{workers: {w}}}")
+            config.io.workers = match (w.as_str(), w.parse::<u16>()) {
+                ("auto", _) => Workers::Auto,
+                (_, Ok(n @ 1..=64)) => Workers::Count(n),
+                _ => {
+                    return Err(Failure::Setup(format!(
+                        "--workers: expected \"auto\" or a number from 1 to 64, found {w:?}"
+                    )));
+                }
             };
-            let parsed = TunnelConfig::from_yaml(&yaml, None)
-                .map_err(|e| Failure::Setup(format!("--workers: {}", e.0[0].message)))?;
-            config.io.workers = parsed.io.workers;
         }
         if let Some(v) = &self.sockets {
             let parsed = TunnelConfig::from_yaml(&format!("io: {{sockets: {v:?}}}"), None)
@@ -578,12 +579,30 @@ mod tests {
             &["lametun", "-listen", "-device", "a/b"],
             &["lametun", "-listen", "--keepalive", "soon"],
             &["lametun", "-listen", "--workers", "0"],
+            &["lametun", "-listen", "--workers", ""],
+            &["lametun", "-listen", "--workers", "3,4"],
+            &["lametun", "-listen", "--workers", "2}"],
+            &["lametun", "-listen", "--workers", "65"],
             &["lametun", "-listen", "--sockets", "many"],
             &["lametun", "-listen", "-port", "0"],
         ] {
             let e = parse(bad).unwrap().tunnel_config().unwrap_err();
             assert_eq!(e.exit_code(), 2, "{bad:?}");
+            if bad[2] == "--workers" {
+                assert_eq!(
+                    e.to_string(),
+                    format!(
+                        "--workers: expected \"auto\" or a number from 1 to 64, found {:?}",
+                        bad[3]
+                    )
+                );
+            }
         }
+        let c = parse(&["lametun", "-listen", "--workers", "3"])
+            .unwrap()
+            .tunnel_config()
+            .unwrap();
+        assert_eq!(c.io.workers, Workers::Count(3));
         assert!(parse(&["lametun", "-port", "70000"]).is_err());
     }
 
