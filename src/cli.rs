@@ -620,6 +620,15 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_takes_a_number_of_seconds_as_its_message_says() {
+        let c = parse(&["lametun", "-server", "h", "--keepalive", "30"])
+            .unwrap()
+            .tunnel_config()
+            .unwrap();
+        assert_eq!(c.peer.keepalive(), Some(std::time::Duration::from_secs(30)));
+    }
+
+    #[test]
     fn flags_override_the_config_file() {
         let dir = std::env::temp_dir().join(format!("lametun-cli-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -524,7 +524,15 @@ fn parse_keepalive(value: &yaml_serde::Value) -> Result<Option<Duration>, String
     let expected = "expected a duration such as 25s or 1m, a number of seconds, or off";
     match value {
         yaml_serde::Value::Bool(false) => Ok(None),
-        yaml_serde::Value::String(s) if s == "off" || s == "0" => Ok(None),
+        yaml_serde::Value::String(s) if s == "off" => Ok(None),
+        // A number of seconds, quoted (or from `--keepalive 30`).
+        yaml_serde::Value::String(s) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+            match s.parse::<u64>() {
+                Ok(0) => Ok(None),
+                Ok(secs) => Ok(Some(Duration::from_secs(secs))),
+                Err(_) => Err(format!("{expected}, found {s:?}")),
+            }
+        }
         yaml_serde::Value::String(s) => humantime::parse_duration(s)
             .map(|d| (!d.is_zero()).then_some(d))
             .map_err(|e| format!("{expected}: {s:?}: {e}")),
@@ -974,6 +982,22 @@ pipeline:
         assert_eq!(c.peer.keepalive(), None);
         let c = TunnelConfig::from_yaml("peer: {listen: true, keepalive: 5}", None).unwrap();
         assert_eq!(c.peer.keepalive(), Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_quoted_number_of_seconds_is_a_keepalive_too() {
+        // `--keepalive 30` arrives as the string "30": the message promises "a number
+        // of seconds", so it must not be refused for lacking a unit.
+        for (text, want) in [
+            (
+                "peer: {server: h, keepalive: \"30\"}",
+                Some(Duration::from_secs(30)),
+            ),
+            ("peer: {server: h, keepalive: \"0\"}", None),
+        ] {
+            let c = TunnelConfig::from_yaml(text, None).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(c.peer.keepalive(), want, "{text}");
+        }
     }
 
     #[test]
