@@ -17,11 +17,13 @@
 //! pipeline: []                 # `- type: NAME` plus that stage's keys; empty = passthrough
 //! ```
 //!
-//! Errors name the file, the line, the key path and what is wrong, all at once:
+//! Errors name the file, the line, the key path and what is wrong, all at once: those
+//! of the file's own keys ([`TunnelConfig::from_yaml`]), then, once these are right,
+//! those of the stages ([`TunnelConfig::build_pipeline`]):
 //!
 //! ```text
-//! server.yaml:9: pipeline[0] (filter): rules[3].dst: invalid CIDR "10.0.0.0/33"
 //! server.yaml:3: device.mtu: expected "auto" or a number from 68 to 65535, found 20
+//! server.yaml:9: pipeline[0] (filter): rules[3].dst: invalid CIDR "10.0.0.0/33"
 //! ```
 //!
 //! Every direct use of the YAML crate sits in this module (and `registry`), so that
