@@ -44,6 +44,15 @@
 //!   lowest-numbered fresh path, which stays the same for as long as that path hears
 //!   from the client. [`peer`](Forwarder::peer) returns it too.
 //!
+//! An empty datagram (a plaintext keepalive without packet information, but also what a
+//! port scanner sends) says nothing about its sender. It teaches by these rules only
+//! until a datagram with content has taught the peer; from then on, only when it comes
+//! from the host of the current peer (a new port of the client, after a NAT or a
+//! restart). Otherwise a scan of an idle plaintext server would turn its answers to the
+//! scanner until the client's next packet. The price: a plaintext client without packet
+//! information that roams to another host while it sends nothing but keepalives is
+//! followed at its first real packet, not at its first keepalive.
+//!
 //! With one path (the default on a client, and the Go lametun's way) this is the
 //! article's rule, answer the last address heard from, except that a new port of the
 //! same host replaces the known one only once the known one has been quiet for
@@ -55,7 +64,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
@@ -147,6 +156,10 @@ pub struct Forwarder {
     drop_log: LogLimiter,
     /// Limits the lines about a path's new port (a few a second at most anyway).
     peer_log: LogLimiter,
+    /// Whether a datagram carrying something taught the peer's address (see
+    /// [Paths](self#paths)): from then on an empty datagram from another host moves
+    /// nothing.
+    confirmed: AtomicBool,
 }
 
 impl std::fmt::Debug for Forwarder {
@@ -200,6 +213,7 @@ impl Forwarder {
             counters: TunnelCounters::default(),
             drop_log: LogLimiter::new(10),
             peer_log: LogLimiter::new(2),
+            confirmed: AtomicBool::new(false),
         });
         let weak: std::sync::Weak<dyn SnapshotSource> = Arc::downgrade(&fwd) as _;
         telemetry.attach(weak);
@@ -413,6 +427,9 @@ impl Forwarder {
     ) -> Outcome {
         self.counters.udp_rx_datagrams.inc();
         self.counters.udp_rx_bytes.add(pkt.len() as u64);
+        // An empty datagram (a plaintext keepalive without packet info, or a port
+        // scanner's probe) is no evidence of who sent it: see `learn`.
+        let evidence = !pkt.is_empty();
         let from = canonical(from);
         if let PeerMode::Fixed(server) = self.config.peer
             && canonical(server) != from
@@ -439,7 +456,7 @@ impl Forwarder {
         if pkt.is_empty() {
             self.counters.core_inbound.pass();
             self.counters.keepalives_received.inc();
-            self.learn(path, from, local_ip, now);
+            self.learn(path, from, local_ip, now, evidence);
             return Outcome::Keepalive;
         }
         match wire::check_ip(pkt.as_slice()) {
@@ -448,14 +465,34 @@ impl Forwarder {
             Err(reason) => return self.drop_inbound(reason, from, now),
         }
         self.counters.core_inbound.pass();
-        self.learn(path, from, local_ip, now);
+        self.learn(path, from, local_ip, now, true);
         Outcome::WriteTun
     }
 
     /// Remembers `from` as the peer on `path` (listening side only), by the rules of
-    /// [Paths](self#paths). Called only for datagrams the whole chain accepted.
-    fn learn(&self, path: usize, from: SocketAddr, local_ip: Option<IpAddr>, now: Instant) {
+    /// [Paths](self#paths). Called only for datagrams the whole chain accepted;
+    /// `evidence` is false for a datagram that was empty on the wire.
+    fn learn(
+        &self,
+        path: usize,
+        from: SocketAddr,
+        local_ip: Option<IpAddr>,
+        now: Instant,
+        evidence: bool,
+    ) {
         if self.config.peer != PeerMode::Learn {
+            return;
+        }
+        if evidence {
+            if !self.confirmed.load(Ordering::Relaxed) {
+                self.confirmed.store(true, Ordering::Relaxed);
+            }
+        } else if self.confirmed.load(Ordering::Relaxed)
+            && self.peer().is_some_and(|p| p.addr.ip() != from.ip())
+        {
+            if let LogPermit::Log { suppressed } = self.peer_log.check(now) {
+                tracing::debug!(from = %from, suppressed, "an empty datagram from another host did not move the peer");
+            }
             return;
         }
         let own = self.path(path);
@@ -802,6 +839,42 @@ mod tests {
 
     fn addr(s: &str) -> SocketAddr {
         s.parse().unwrap()
+    }
+
+    /// Feeds `f` an empty datagram (a keepalive without packet info) from `from`.
+    fn arrive_empty(f: &Forwarder, from: &str, at: Instant) -> Outcome {
+        let mut storage = [0u8; 8];
+        let mut pkt = PacketBuf::with_data(&mut storage, 0, &[]);
+        f.handle_udp_on(0, &mut pkt, from.parse().unwrap(), None, at)
+    }
+
+    #[test]
+    fn an_empty_datagram_from_another_host_does_not_move_a_confirmed_peer() {
+        const SCANNER: &str = "203.0.113.9:51000";
+        const OTHER: &str = "203.0.113.10:51000";
+        let f = listener_with_paths(1, Pipeline::new());
+        let t0 = Instant::now();
+        let later = |s| t0 + Duration::from_secs(s);
+        // Before any packet with content, an empty one teaches (a client whose first
+        // datagram is its keepalive), and the next one from elsewhere moves it.
+        assert_eq!(arrive_empty(&f, SCANNER, t0), Outcome::Keepalive);
+        assert_eq!(f.peer().unwrap().addr, addr(SCANNER));
+        assert_eq!(arrive_empty(&f, CLIENT, later(1)), Outcome::Keepalive);
+        assert_eq!(f.peer().unwrap().addr, addr(CLIENT));
+        // A packet confirms the client; a scan of the idle server then moves nothing.
+        assert_eq!(arrive(&f, 0, CLIENT, later(2)), Outcome::WriteTun);
+        assert_eq!(arrive_empty(&f, SCANNER, later(30)), Outcome::Keepalive);
+        assert_eq!(f.peer().unwrap().addr, addr(CLIENT));
+        assert_eq!(f.counters().keepalives_received.get(), 3);
+        // The client's keepalive from a new port (its NAT renumbered it) still moves it.
+        assert_eq!(arrive_empty(&f, CLIENT_2, later(40)), Outcome::Keepalive);
+        assert_eq!(f.peer().unwrap().addr, addr(CLIENT_2));
+        // A packet with content from another host (roaming) moves it at once, and
+        // that host is the one confirmed from then on.
+        assert_eq!(arrive(&f, 0, OTHER, later(50)), Outcome::WriteTun);
+        assert_eq!(f.peer().unwrap().addr, addr(OTHER));
+        assert_eq!(arrive_empty(&f, CLIENT, later(60)), Outcome::Keepalive);
+        assert_eq!(f.peer().unwrap().addr, addr(OTHER));
     }
 
     #[test]
