@@ -73,6 +73,18 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
     out
 }
 
+/// A boolean flag's value as Go's `flag` package reads it (`strconv.ParseBool`), so that
+/// `-listen=1` and `-listen=t` work as with the Go lametun.
+fn go_bool(s: &str) -> Result<bool, String> {
+    match s {
+        "1" | "t" | "T" | "true" | "TRUE" | "True" => Ok(true),
+        "0" | "f" | "F" | "false" | "FALSE" | "False" => Ok(false),
+        _ => Err(format!(
+            "expected true or false (or 1, 0, t, f), found {s:?}"
+        )),
+    }
+}
+
 /// lametun: a userspace VPN tunnel. IP packets from a TUN device cross a chain of
 /// stages (passthrough by default) and travel to the peer in UDP datagrams.
 #[derive(Debug, Parser)]
@@ -84,7 +96,7 @@ pub fn normalize_args<I: IntoIterator<Item = OsString>>(args: I) -> Vec<OsString
 )]
 pub struct Cli {
     /// Be the server: wait for the peer and learn its address.
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, value_name = "BOOL")]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", require_equals = true, value_name = "BOOL", value_parser = go_bool)]
     pub listen: Option<bool>,
     /// Be the client of the server at HOST (a name, an IPv4 or an IPv6 address).
     #[arg(long, value_name = "HOST")]
@@ -179,7 +191,9 @@ impl Cli {
             None => TunnelConfig::default(),
         };
         let listen = self.listen == Some(true);
-        match (listen, &self.server) {
+        // As in Go, `-server ""` is no server.
+        let server = self.server.as_ref().filter(|host| !host.is_empty());
+        match (listen, server) {
             (true, Some(_)) => {
                 return Err(Failure::Setup(
                     "Cannot listen and set server flag (-listen and -server exclude each other)"
@@ -188,6 +202,12 @@ impl Cli {
             }
             (true, None) => config.peer.role = Some(Role::Listen),
             (false, Some(host)) => config.peer.role = Some(Role::Connect(host.clone())),
+            // `-listen=false` takes back a file's `listen: true`.
+            (false, None)
+                if self.listen == Some(false) && config.peer.role == Some(Role::Listen) =>
+            {
+                config.peer.role = None;
+            }
             (false, None) => {}
         }
         if let Some(port) = self.port {
@@ -570,6 +590,43 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.exit_code(), 2);
         assert!(e.to_string().contains("Cannot listen and set server flag"));
+    }
+
+    #[test]
+    fn booleans_and_empty_server_are_read_as_go_reads_them() {
+        let role = |args: &[&str]| parse(args).unwrap().tunnel_config().map(|c| c.peer.role);
+        for yes in ["1", "t", "T", "true", "TRUE", "True"] {
+            let flag = format!("-listen={yes}");
+            assert_eq!(
+                role(&["lametun", &flag]).unwrap(),
+                Some(Role::Listen),
+                "{yes}"
+            );
+        }
+        for no in ["0", "f", "F", "false", "FALSE", "False"] {
+            let flag = format!("-listen={no}");
+            assert_eq!(role(&["lametun", &flag]).unwrap(), None, "{no}");
+        }
+        assert!(parse(&["lametun", "-listen=yes"]).is_err());
+        // Go's `-server ""` is no server: with -listen it listens, alone it has no role.
+        assert_eq!(
+            role(&["lametun", "-listen", "-server", ""]).unwrap(),
+            Some(Role::Listen)
+        );
+        assert_eq!(role(&["lametun", "-server", ""]).unwrap(), None);
+    }
+
+    #[test]
+    fn listen_false_takes_back_the_files_listen() {
+        let dir = std::env::temp_dir().join(format!("lametun-cli-lf-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.yaml");
+        std::fs::write(&file, "peer: {listen: true}\n").unwrap();
+        let path = file.to_str().unwrap();
+        let role = |args: &[&str]| parse(args).unwrap().tunnel_config().unwrap().peer.role;
+        assert_eq!(role(&["lametun", "--config", path]), Some(Role::Listen));
+        assert_eq!(role(&["lametun", "--config", path, "-listen=false"]), None);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
