@@ -107,13 +107,35 @@ pub fn run_stats_command(addr: &str, watch: bool, interval: Duration) -> Result<
     let stdout = std::io::stdout();
     let clear = stdout.is_terminal();
     let mut out = stdout.lock();
-    if watch {
+    let result = if watch {
         self::watch(&url, interval, None, clear, &mut out)
     } else {
         let report = fetch(&url)?;
         out.write_all(report::render(&report, None, &url).as_bytes())
-            .map_err(|e| e.to_string())
+            .map_err(|e| write_error(&e))
+    };
+    // `lametun stats | head`: the reader has what it wanted.
+    match result {
+        Err(e) if e == BROKEN_PIPE => Ok(()),
+        other => other,
     }
+}
+
+/// The message of a failed write to stdout when the reader went away (`| head`).
+const BROKEN_PIPE: &str = "stdout closed";
+
+fn write_error(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        BROKEN_PIPE.to_owned()
+    } else {
+        e.to_string()
+    }
+}
+
+/// Whether `now` was scraped from a tunnel started after `before` was: its uptime is
+/// shorter. Its counters began again from zero, so rates against `before` mean nothing.
+fn restarted(before: &Report, now: &Report) -> bool {
+    matches!((before.uptime, now.uptime), (Some(b), Some(n)) if n < b)
 }
 
 /// The `--watch` loop: scrape `url` every `interval` and write the table to `out`, with
@@ -137,7 +159,7 @@ pub fn watch(
             MIN_INTERVAL.as_millis()
         ));
     }
-    let io = |e: std::io::Error| e.to_string();
+    let io = |e: std::io::Error| write_error(&e);
     let mut previous: Option<(Report, Instant)> = None;
     let mut round = 0u64;
     while rounds.is_none_or(|r| round < r) {
@@ -151,6 +173,7 @@ pub fn watch(
             Ok(report) => {
                 let since = previous
                     .as_ref()
+                    .filter(|(p, _)| !restarted(p, report))
                     .map(|(p, at)| (p, taken.saturating_duration_since(*at)));
                 report::render(report, since, url)
             }
@@ -209,6 +232,25 @@ mod tests {
         );
         assert!(metrics_url("ftp://h:1").is_err());
         assert!(metrics_url("http:///metrics").is_err());
+    }
+
+    #[test]
+    fn a_shorter_uptime_means_a_restarted_tunnel() {
+        let up = |s| Report {
+            uptime: Some(Duration::from_secs(s)),
+            ..Report::default()
+        };
+        assert!(restarted(&up(100), &up(3)));
+        assert!(!restarted(&up(100), &up(102)));
+        assert!(!restarted(&Report::default(), &up(3)));
+    }
+
+    #[test]
+    fn a_closed_stdout_is_not_an_error_message() {
+        let e = std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        assert_eq!(write_error(&e), BROKEN_PIPE);
+        let e = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert_ne!(write_error(&e), BROKEN_PIPE);
     }
 
     #[test]
