@@ -7,10 +7,12 @@
 //! that depends on `lametun-core` alone. Nothing in lametun has to change for a new
 //! one; a small binary of your own links it in.
 //!
-//! The complete worked example is the `examples/custom-stage` crate of the lametun
-//! repository: a `pcap` stage that writes what passes to a file Wireshark opens, its
-//! own binary, unit tests, and a real tunnel test. Its `README.md` is the step-by-step
-//! version of this guide. The bundled stages are written the same way and are worth
+//! The step-by-step version of this guide is the section "Writing a stage" of the
+//! lametun README: a toy `xor` stage in a crate of its own (kept compiled and tested as
+//! `examples/xor-stage`), from `cargo new` to a running tunnel. The complete worked
+//! example is the `examples/custom-stage` crate of the lametun repository: a `pcap`
+//! stage that writes what passes to a file Wireshark opens, its own binary, unit
+//! tests, and a real tunnel test. The bundled stages are written the same way and are worth
 //! reading too: `plugins/chacha20poly1305` (overhead, a nonce counter shared by every
 //! thread, a replay window, `on_tick`), `plugins/filter` (parsing IP headers without
 //! trusting them, per-rule metrics) and `plugins/stats` (a `background` HTTP
