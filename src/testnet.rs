@@ -288,8 +288,13 @@ impl Bench {
         terminate(&mut p.child)
     }
 
-    /// Pings `target` from `side`: `count` echo requests of `size` payload bytes, with
-    /// the don't-fragment bit if `dont_fragment`. Returns the replies received.
+    /// Pings `target` from `side` until `count` replies to echo requests of `size`
+    /// payload bytes (with the don't-fragment bit if `dont_fragment`) have come back,
+    /// or `count + 2` seconds have passed. Returns the replies received.
+    ///
+    /// It runs `ping -c count -w count+2`, which sends another request for each one
+    /// lost: the result is `count` as long as the losses leave enough time, so it tells
+    /// a path that works from one that does not, but does not measure a loss rate.
     pub fn ping(
         &self,
         side: Side,
