@@ -167,7 +167,7 @@
 //! Every dropped datagram is counted by the pipeline under its reason and logged at
 //! `debug`, at most a few lines a second: `too_short`, `malformed` (unknown `kind`),
 //! `cipher_mismatch`, `bad_tag`, `replayed`, `unknown_session` (a retired session),
-//! `reflected`. A wrong key or cipher on one end is also reported at `warn`, at most once
+//! `reflected`. A wrong key or cipher on one end is also reported at `warn`, each at most once
 //! a minute. [`Stage::metrics`](lametun_core::Stage::metrics) adds the sessions
 //! accepted, resumed and rotated.
 

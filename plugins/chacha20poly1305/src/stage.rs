@@ -51,7 +51,7 @@ pub const CIPHER_MISMATCH: DropReason = DropReason::Custom("cipher_mismatch");
 /// No nonce left and no new session could be started (the OS RNG failed).
 pub const NONCE_EXHAUSTED: DropReason = DropReason::Custom("nonce_exhausted");
 
-/// How often at most the "datagrams do not authenticate" hint is logged at `warn`.
+/// How often at most each hint (wrong key, wrong cipher) is logged at `warn`.
 const HINT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// This end's sending session.
@@ -231,7 +231,10 @@ pub struct Chacha20Poly1305 {
     rotations: AtomicU64,
     drop_log: LogLimiter,
     session_log: LogLimiter,
-    last_hint: Mutex<Option<Instant>>,
+    /// When each hint was last logged: [wrong key, wrong cipher]. Apart, so that a
+    /// cipher mismatch found right after a key was fixed is not kept quiet for a minute
+    /// by the wrong-key hint.
+    last_hint: Mutex<[Option<Instant>; 2]>,
 }
 
 impl fmt::Debug for Chacha20Poly1305 {
@@ -294,7 +297,7 @@ impl Chacha20Poly1305 {
             rotations: AtomicU64::new(0),
             drop_log: LogLimiter::new(5),
             session_log: LogLimiter::new(5),
-            last_hint: Mutex::new(None),
+            last_hint: Mutex::new([None; 2]),
         })
     }
 
@@ -469,6 +472,7 @@ impl Chacha20Poly1305 {
         // debug level by default: say it at warn, at most once a minute.
         if reason == DropReason::BadTag || reason == CIPHER_MISMATCH {
             let mut last = self.last_hint.lock().unwrap_or_else(|e| e.into_inner());
+            let last = &mut last[usize::from(reason == CIPHER_MISMATCH)];
             if last.is_none_or(|t| meta.now.saturating_duration_since(t) >= HINT_INTERVAL) {
                 *last = Some(meta.now);
                 let hint = match (reason, rejected.header.and_then(|h| Cipher::from_kind(h.kind))) {

@@ -349,3 +349,49 @@ fn the_encrypted_configs_build() {
         assert_eq!(config.tun_mtu(&budget).unwrap(), 1420, "{name}");
     }
 }
+
+#[test]
+fn a_wrong_cipher_found_right_after_a_wrong_key_is_still_reported() {
+    use lametun_core::{PacketBuf, PacketMeta, Stage as _, Verdict};
+    use std::time::{Duration, Instant};
+
+    let psk = |b: u8| crypto::Psk::from_bytes([b; crypto::KEY_LEN]);
+    let stage = |cipher, b| crypto::Chacha20Poly1305::new(cipher, &psk(b)).unwrap();
+    let receiver = stage(crypto::Cipher::ChaCha20Poly1305, 1);
+    let wrong_key = stage(crypto::Cipher::ChaCha20Poly1305, 2);
+    let wrong_cipher = stage(crypto::Cipher::Aes256Gcm, 1);
+    let t0 = Instant::now();
+    let peer = Some("192.0.2.7:40000".parse().unwrap());
+    let deliver = |from: &crypto::Chacha20Poly1305, at: Instant| {
+        let oh = from.overhead();
+        let mut out = vec![0u8; oh.head + oh.tail];
+        let mut pkt = PacketBuf::with_data(&mut out, oh.head, &[]);
+        assert_eq!(
+            from.outbound(&mut pkt, &PacketMeta::new(at, peer)),
+            Verdict::Pass
+        );
+        let mut wire = pkt.as_slice().to_vec();
+        let len = wire.len();
+        let mut pkt = PacketBuf::new(&mut wire, 0, len);
+        assert!(matches!(
+            receiver.inbound(&mut pkt, &PacketMeta::new(at, peer)),
+            Verdict::Drop(_)
+        ));
+    };
+    // The client had the wrong key; the admin fixes it and restarts the client, which
+    // then turns out to use the other cipher: that must be said at once, not a minute
+    // later.
+    let logs = logs_of(|| {
+        deliver(&wrong_key, t0);
+        deliver(&wrong_key, t0 + Duration::from_secs(1));
+        deliver(&wrong_cipher, t0 + Duration::from_secs(5));
+        deliver(&wrong_cipher, t0 + Duration::from_secs(6));
+    });
+    let warnings: Vec<&str> = logs.lines().filter(|l| l.contains("WARN")).collect();
+    assert_eq!(warnings.len(), 2, "{logs}");
+    assert!(warnings[0].contains("different keys"), "{logs}");
+    assert!(
+        warnings[1].contains("the sender uses cipher aes-256-gcm"),
+        "{logs}"
+    );
+}
