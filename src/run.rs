@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lametun_core::config::{MtuSetting, Role, TunnelConfig};
-use lametun_core::mtu::{MtuBudget, OuterIp};
+use lametun_core::mtu::{IPV6_MIN_MTU, MtuBudget, OuterIp};
 use lametun_core::ratelimit::LogLimiter;
 use lametun_core::{
     BuildContext, Forwarder, ForwarderConfig, PacketBuf, PeerMode, Pipeline, TelemetryHandle,
@@ -154,7 +154,54 @@ pub fn mtu(
     let mtu = config
         .tun_mtu(&budget)
         .map_err(|e| Failure::Setup(format!("device.mtu: {e}")))?;
+    if mtu < IPV6_MIN_MTU
+        && let Some(net) = first_ipv6(config)
+    {
+        return Err(Failure::Setup(ipv6_needs_more(config, mtu, &budget, net)));
+    }
     Ok((mtu, budget))
+}
+
+/// The first IPv6 address or route of the device, if it has any.
+fn first_ipv6(config: &TunnelConfig) -> Option<&ipnet::IpNet> {
+    let device = &config.device;
+    device
+        .addresses
+        .iter()
+        .chain(&device.routes)
+        .find(|n| matches!(n, ipnet::IpNet::V6(_)))
+}
+
+/// Why an MTU below the IPv6 minimum cannot work on a device with IPv6 on it: the
+/// kernel refuses IPv6 addresses and routes on such a link (`EINVAL`, `ENODEV`), and
+/// removes those it had when its MTU drops below 1280.
+fn ipv6_needs_more(
+    config: &TunnelConfig,
+    mtu: u16,
+    budget: &MtuBudget,
+    net: &ipnet::IpNet,
+) -> String {
+    let what = if config.device.addresses.contains(net) {
+        "address"
+    } else {
+        "route"
+    };
+    let fix = match config.device.mtu {
+        MtuSetting::Fixed(_) => format!("set device.mtu (--mtu) to at least {IPV6_MIN_MTU}"),
+        MtuSetting::Auto => format!(
+            "IPv6 in the tunnel needs an underlay MTU of at least {} (peer.underlay_mtu)",
+            usize::from(IPV6_MIN_MTU) + budget.overhead()
+        ),
+    };
+    format!(
+        "device.mtu: the device's MTU would be {mtu}{}, below {IPV6_MIN_MTU}, the smallest \
+         MTU of an IPv6 link, and the kernel refuses IPv6 {what} {net} on it: {fix}, or \
+         leave IPv6 out of device.address and device.routes",
+        match config.device.mtu {
+            MtuSetting::Fixed(_) => String::new(),
+            MtuSetting::Auto => format!(" ({budget})"),
+        }
+    )
 }
 
 /// Runs the tunnel described by `config` until SIGINT or SIGTERM.
@@ -528,6 +575,40 @@ pub fn summary(snap: &lametun_core::TunnelSnapshot) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mtu_of(yaml: &str, outer: OuterIp) -> Result<u16, String> {
+        let config = TunnelConfig::from_yaml(yaml, None).unwrap();
+        let telemetry = TelemetryHandle::default();
+        let pipeline = build_pipeline(&config, &telemetry).unwrap();
+        mtu(&config, outer, &pipeline)
+            .map(|(m, _)| m)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn an_mtu_below_the_ipv6_minimum_is_refused_when_the_device_has_ipv6() {
+        // 1280 - 40 - 8 - 4 = 1228: the kernel would refuse fd31::1/64 on the device
+        // with a bare EINVAL.
+        let v6 = "device: {address: [\"fd31::1/64\"]}\npeer: {underlay_mtu: 1280}\n";
+        let e = mtu_of(v6, OuterIp::V6).unwrap_err();
+        assert!(e.contains("1228") && e.contains("below 1280"), "{e}");
+        assert!(e.contains("address fd31::1/64"), "{e}");
+        assert!(e.contains("underlay MTU of at least 1332"), "{e}");
+        // An IPv6 route alone needs it too.
+        let route = "device: {routes: [\"fd32::/64\"]}\npeer: {underlay_mtu: 1280}\n";
+        let e = mtu_of(route, OuterIp::V6).unwrap_err();
+        assert!(e.contains("route fd32::/64"), "{e}");
+        // A fixed MTU.
+        let fixed = "device: {mtu: 1200, address: [\"10.0.0.1/24\", \"fd31::1/64\"]}\n";
+        let e = mtu_of(fixed, OuterIp::V4).unwrap_err();
+        assert!(e.contains("set device.mtu (--mtu) to at least 1280"), "{e}");
+        // IPv4 only: small MTUs are fine.
+        let v4 = "device: {address: [\"10.0.0.1/24\"]}\npeer: {underlay_mtu: 1280}\n";
+        assert_eq!(mtu_of(v4, OuterIp::V6), Ok(1228));
+        // Enough room for IPv6.
+        let room = "device: {address: [\"fd31::1/64\"]}\npeer: {underlay_mtu: 1332}\n";
+        assert_eq!(mtu_of(room, OuterIp::V6), Ok(1280));
+    }
 
     #[test]
     fn a_driver_thread_that_panics_is_reported_so_the_tunnel_stops() {
