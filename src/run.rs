@@ -324,10 +324,24 @@ async fn run_async(config: TunnelConfig) -> Result<(), Failure> {
         && ends.bind.is_ipv6()
         && config.device.mtu == MtuSetting::Auto)
         .then(|| {
-            let v6 = config
+            let mut v6 = config
                 .mtu_budget(OuterIp::V6, fwd.pipeline().overhead())
                 .tun_mtu()
                 .ok()?;
+            if v6 < IPV6_MIN_MTU
+                && let Some(net) = first_ipv6(&config)
+            {
+                // Below 1280 the kernel would remove the device's IPv6 addresses and
+                // routes (for good: they do not come back with a larger MTU).
+                tracing::warn!(
+                    "{}: an IPv6 peer would need MTU {v6}, below {IPV6_MIN_MTU}, which IPv6 \
+                     on the device ({net}) needs: the device keeps {IPV6_MIN_MTU} for such a \
+                     peer, and its full-size packets will not fit the underlay MTU of {}",
+                    tun.name,
+                    config.peer.underlay_mtu
+                );
+                v6 = IPV6_MIN_MTU;
+            }
             Some(MtuFollower {
                 index: tun.index,
                 name: tun.name.clone(),

@@ -328,6 +328,65 @@ fn ipv6_outer_transport() {
     assert_eq!(after, before, "IP fragmentation happened in a namespace");
 }
 
+/// A dual-stack server whose IPv6-peer MTU would fall below 1280 keeps 1280: below it
+/// the kernel removes the device's IPv6 addresses and routes (and does not put them
+/// back when the MTU rises again), which would end IPv6 inside the tunnel for good.
+#[test]
+fn the_server_keeps_ipv6_in_the_tunnel_when_an_ipv6_peer_lowers_its_mtu() {
+    let Some(mut b) = bench("v6min") else { return };
+    // 1320 - 20 - 8 - 4 = 1288 for IPv4 peers; 1320 - 40 - 8 - 4 = 1268 for IPv6 ones.
+    let config = b.dir().join("server.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "device: {{name: tun0, address: [{SERVER_CIDR}, \"{SERVER_CIDR6}\"]}}\n\
+             peer: {{listen: true, underlay_mtu: 1320}}\n"
+        ),
+    )
+    .unwrap();
+    b.lametun(
+        Side::Server,
+        "server",
+        &["--config", config.to_str().unwrap()],
+    )
+    .unwrap();
+    b.lametun(
+        Side::Client,
+        "client",
+        &[
+            "-server",
+            SERVER_UL6,
+            "-device",
+            "tun0",
+            "--address",
+            CLIENT_CIDR,
+            "--mtu",
+            "1268",
+        ],
+    )
+    .unwrap();
+    wait_up(&b);
+    assert!(b.log("server").contains("MTU 1288"), "{}", b.log("server"));
+    // The follower runs once a second; give it a few.
+    std::thread::sleep(Duration::from_secs(3));
+    let mtu = mtu_of(&b, Side::Server, "tun0");
+    let addrs = b
+        .exec(Side::Server, &["ip", "-6", "addr", "show", "dev", "tun0"])
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(
+        addrs.contains(SERVER_CIDR6),
+        "the server lost {SERVER_CIDR6} at MTU {mtu}: {addrs}\n{}",
+        b.log("server")
+    );
+    assert_eq!(mtu, 1280, "{}", b.log("server"));
+    assert!(
+        b.log("server").contains("below 1280"),
+        "{}",
+        b.log("server")
+    );
+}
+
 #[test]
 fn the_largest_dont_fragment_ping_passes_and_nothing_fragments() {
     let Some(mut b) = bench("mtu") else { return };
