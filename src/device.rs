@@ -25,6 +25,7 @@
 //! it; root may have).
 
 use std::io;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use ipnet::IpNet;
@@ -249,12 +250,61 @@ pub enum Configured {
 
 /// Whether a netlink request failed for lack of permission.
 fn not_permitted(e: &rtnetlink::Error) -> bool {
-    matches!(e, rtnetlink::Error::NetlinkError(m)
-        if [nix::libc::EPERM, nix::libc::EACCES].contains(&-m.raw_code()))
+    matches!(error_code(e), Some(nix::libc::EPERM | nix::libc::EACCES))
+}
+
+/// The errno of a netlink request that the kernel refused.
+fn error_code(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+/// The output device of the main table's route to exactly `net`, if there is one.
+async fn route_device(handle: &rtnetlink::Handle, net: &IpNet) -> Option<u32> {
+    use futures_util::TryStreamExt as _;
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+    let query = match net {
+        IpNet::V4(_) => RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+        IpNet::V6(_) => RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+    };
+    let mut routes = handle.route().get(query).execute();
+    while let Ok(Some(route)) = routes.try_next().await {
+        let table = route
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                RouteAttribute::Table(t) => Some(*t),
+                _ => None,
+            })
+            .unwrap_or(u32::from(route.header.table));
+        let destination = route.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(IpAddr::V4(*ip)),
+            RouteAttribute::Destination(RouteAddress::Inet6(ip)) => Some(IpAddr::V6(*ip)),
+            _ => None,
+        });
+        let destination = destination.unwrap_or(match net {
+            IpNet::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            IpNet::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+        });
+        if table == u32::from(RouteHeader::RT_TABLE_MAIN)
+            && route.header.destination_prefix_length == net.prefix_len()
+            && destination == net.network()
+        {
+            return route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(i) => Some(*i),
+                _ => None,
+            });
+        }
+    }
+    None
 }
 
 /// Configures the link: MTU, the GSO segment cap, addresses, up, then routes.
-/// Addresses and routes that already exist are left as they are. Without permission to
+/// Addresses that already exist are left as they are, and so are routes that already
+/// go through this device; a route to the same prefix through another device is an
+/// error (not taken over: it would be lost when the device goes). Without permission to
 /// change links and with no address or route to set, it changes nothing and says so
 /// ([`Configured::NotPermitted`]).
 pub async fn configure(
@@ -309,13 +359,30 @@ pub async fn configure(
                     .output_interface(tun.index)
                     .build(),
             };
-            handle
-                .route()
-                .add(msg)
-                .replace()
-                .execute()
-                .await
-                .map_err(|e| fail(&format!("add route {net}"), e))?;
+            // Not `replace`: that would take over a route the host has to this prefix
+            // through another device, which is then gone for good when the device
+            // goes. A route through this device already (a persistent device) is kept.
+            match handle.route().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if error_code(&e) == Some(nix::libc::EEXIST) => {
+                    match route_device(&handle, net).await {
+                        Some(oif) if oif == tun.index => {}
+                        other => {
+                            let via = other
+                                .and_then(|i| nix::net::if_::if_indextoname(i).ok())
+                                .map(|n| format!(" through {}", n.to_string_lossy()))
+                                .unwrap_or_default();
+                            return Err(SetupError(format!(
+                                "{}: route {net} exists already{via}: lametun does not \
+                                 replace it (it would be gone when the tunnel stops); delete \
+                                 it (`ip route del {net}`) or leave it out of device.routes",
+                                tun.name
+                            )));
+                        }
+                    }
+                }
+                Err(e) => return Err(fail(&format!("add route {net}"), e)),
+            }
         }
         Ok(Configured::Done)
     }

@@ -753,6 +753,91 @@ fn a_config_file_runs_a_tunnel() {
     assert!(String::from_utf8_lossy(&routes.stdout).contains("172.16.0.0/12"));
 }
 
+/// Waits (at most 5 s) for process `name` to exit; its exit code, or `None` if it runs on.
+fn exit_within_5s(b: &mut Bench, name: &str) -> Option<Option<i32>> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(code) = b.exit_status(name) {
+            return Some(code);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A route of `routes:` that the host has already through another device is not taken
+/// over (it would be gone for good once the tunnel stops): lametun refuses to start and
+/// says why. One that already goes through the device (a persistent device, a restart)
+/// is fine.
+#[test]
+fn a_route_the_host_has_through_another_device_is_left_alone() {
+    let Some(mut b) = bench("rte") else { return };
+    let veth = b.veth(Side::Client);
+    for (net, family) in [("172.16.0.0/12", "-4"), ("fd40::/64", "-6")] {
+        b.exec(
+            Side::Client,
+            &["ip", family, "route", "add", net, "dev", &veth],
+        )
+        .unwrap();
+        let config = b.dir().join(format!("conflict{family}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "device: {{name: tun0, address: [{CLIENT_CIDR}, \"{CLIENT_CIDR6}\"], routes: [\"{net}\"]}}\n\
+                 peer: {{server: {SERVER_UL}}}\n"
+            ),
+        )
+        .unwrap();
+        let name = format!("conflict{family}");
+        b.lametun(Side::Client, &name, &["--config", config.to_str().unwrap()])
+            .unwrap();
+        let code = exit_within_5s(&mut b, &name);
+        let routes = b
+            .exec(Side::Client, &["ip", family, "route", "show", net])
+            .unwrap();
+        let routes = String::from_utf8_lossy(&routes.stdout);
+        assert!(
+            routes.contains(&format!("dev {veth}")),
+            "the route to {net} through {veth} is gone: {routes}\n{}",
+            b.log(&name)
+        );
+        assert_eq!(code, Some(Some(2)), "{}", b.log(&name));
+        assert!(
+            b.log(&name).contains(&format!("route {net} exists")),
+            "{}",
+            b.log(&name)
+        );
+    }
+    // A persistent device keeps its route between runs: the second run finds it there.
+    b.exec(
+        Side::Client,
+        &["ip", "tuntap", "add", "dev", "tun0", "mode", "tun"],
+    )
+    .unwrap();
+    let config = b.dir().join("persistent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "device: {{name: tun0, address: [{CLIENT_CIDR}], routes: [10.77.0.0/16]}}\n\
+             peer: {{server: {SERVER_UL}}}\n"
+        ),
+    )
+    .unwrap();
+    for run in ["first", "second"] {
+        b.lametun(Side::Client, run, &["--config", config.to_str().unwrap()])
+            .unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        assert_eq!(b.exit_status(run), None, "{}", b.log(run));
+        assert_eq!(b.stop(run), Some(0), "{}", b.log(run));
+    }
+    let routes = b
+        .exec(Side::Client, &["ip", "route", "show", "10.77.0.0/16"])
+        .unwrap();
+    assert!(String::from_utf8_lossy(&routes.stdout).contains("dev tun0"));
+}
+
 // ===== interoperability with the article's Go program =====
 
 /// The article's Go lametun, built once from the seed document, if a Go toolchain and
