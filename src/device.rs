@@ -99,6 +99,8 @@ fn build(name: &str, multi_queue: bool, offload: bool) -> io::Result<SyncDevice>
 
 /// `IFF_PERSIST` in `/sys/class/net/NAME/tun_flags`.
 const IFF_PERSIST: u32 = 0x0800;
+/// `IFF_TAP` in `/sys/class/net/NAME/tun_flags`.
+const IFF_TAP: u32 = 0x0002;
 /// `IFF_MULTI_QUEUE` in `/sys/class/net/NAME/tun_flags`.
 const IFF_MULTI_QUEUE_FLAG: u32 = 0x0100;
 
@@ -116,6 +118,15 @@ fn check_not_in_use(name: &str) -> Result<(), SetupError> {
         )));
     }
     let flags = std::fs::read_to_string(format!("/sys/class/net/{name}/tun_flags"));
+    if let Ok(flags) = &flags
+        && let Ok(flags) = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
+        && flags & IFF_TAP != 0
+    {
+        // The kernel would refuse to open it as TUN with a bare EINVAL.
+        return Err(SetupError(format!(
+            "{name} is a TAP device, not a TUN device: choose another -device name"
+        )));
+    }
     if let Ok(flags) = flags
         && let Ok(flags) = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16)
         && flags & IFF_PERSIST == 0

@@ -998,6 +998,25 @@ fn our_server_talks_to_the_go_lametun_as_client() {
 }
 
 #[test]
+fn a_tap_device_of_that_name_is_refused_with_a_reason() {
+    let Some(b) = bench("tap") else { return };
+    b.exec(
+        Side::Server,
+        &["ip", "tuntap", "add", "dev", "lttap0", "mode", "tap"],
+    )
+    .unwrap();
+    let out = b
+        .exec(
+            Side::Server,
+            &[lametun_bin(), "-listen", "-device", "lttap0"],
+        )
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("lttap0 is a TAP device"), "{err}");
+}
+
+#[test]
 fn a_port_in_use_is_refused() {
     let Some(mut b) = bench("port2") else { return };
     start_pair(&mut b, &[], &[]);
