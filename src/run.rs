@@ -95,7 +95,7 @@ pub fn endpoints(config: &TunnelConfig) -> Result<Endpoints, Failure> {
             }
         }
         Role::Connect(host) => {
-            let server = udp::resolve(host, config.peer.port)?;
+            let server = udp::resolve(host, config.peer.port, config.peer.bind)?;
             Endpoints {
                 bind: udp::bind_address(config.peer.bind, 0),
                 server: Some(server),

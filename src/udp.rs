@@ -286,19 +286,50 @@ fn set_buffers(socket: &Socket, bytes: usize) {
 }
 
 /// Resolves `host` (a name, an IPv4 or an IPv6 address, optionally in brackets) to the
-/// address the client sends to.
-pub fn resolve(host: &str, port: u16) -> Result<SocketAddr, SetupError> {
+/// address the client sends to: the first one that a socket bound to `bind` (see
+/// [`bind_address`]) can reach, an IPv4 one for a socket bound to an IPv4 address, an
+/// IPv6 one for a socket bound to a particular IPv6 address.
+pub fn resolve(host: &str, port: u16, bind: Option<IpAddr>) -> Result<SocketAddr, SetupError> {
     use std::net::ToSocketAddrs;
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = bare.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let mut addrs = (bare, port)
+    let addrs: Vec<SocketAddr> = (bare, port)
         .to_socket_addrs()
-        .map_err(|e| SetupError(format!("cannot resolve {host:?}: {e}")))?;
-    addrs
-        .next()
-        .ok_or_else(|| SetupError(format!("cannot resolve {host:?}: no addresses")))
+        .map_err(|e| SetupError(format!("cannot resolve {host:?}: {e}")))?
+        .collect();
+    pick(&addrs, bind).ok_or_else(|| {
+        SetupError(match (addrs.is_empty(), bind) {
+            (false, Some(bind)) => format!(
+                "{host:?} has no {} address, and a socket bound to {bind} (peer.bind) reaches \
+                 only those: found {}",
+                if bind.to_canonical().is_ipv4() {
+                    "IPv4"
+                } else {
+                    "IPv6"
+                },
+                addrs
+                    .iter()
+                    .map(|a| a.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => format!("cannot resolve {host:?}: no addresses"),
+        })
+    })
+}
+
+/// The first of `addrs` that a socket bound to `bind` can send to: any for the dual-stack
+/// wildcard (or no `bind`), IPv4 ones for an IPv4 address, IPv6 ones for an IPv6 one.
+fn pick(addrs: &[SocketAddr], bind: Option<IpAddr>) -> Option<SocketAddr> {
+    let v4 = |a: &SocketAddr| a.ip().to_canonical().is_ipv4();
+    addrs.iter().copied().find(|a| match bind {
+        None => true,
+        Some(IpAddr::V6(ip)) if ip.is_unspecified() => true,
+        Some(b) if b.to_canonical().is_ipv4() => v4(a),
+        Some(_) => !v4(a),
+    })
 }
 
 #[cfg(test)]
@@ -308,20 +339,35 @@ mod tests {
     #[test]
     fn literal_hosts_resolve_without_dns() {
         assert_eq!(
-            resolve("192.0.2.1", 1234).unwrap(),
+            resolve("192.0.2.1", 1234, None).unwrap(),
             "192.0.2.1:1234".parse().unwrap()
         );
         assert_eq!(
-            resolve("[2001:db8::1]", 7).unwrap(),
+            resolve("[2001:db8::1]", 7, None).unwrap(),
             "[2001:db8::1]:7".parse().unwrap()
         );
         assert_eq!(
-            resolve("2001:db8::1", 7).unwrap(),
+            resolve("2001:db8::1", 7, None).unwrap(),
             "[2001:db8::1]:7".parse().unwrap()
         );
-        assert_eq!(resolve("localhost", 9).unwrap().port(), 9);
-        let e = resolve("no-such-host.invalid", 1).unwrap_err();
+        assert_eq!(resolve("localhost", 9, None).unwrap().port(), 9);
+        let e = resolve("no-such-host.invalid", 1, None).unwrap_err();
         assert!(e.0.contains("cannot resolve"), "{e}");
+    }
+
+    #[test]
+    fn a_name_resolves_to_an_address_of_the_bound_family() {
+        let v6: SocketAddr = "[2001:db8::1]:7".parse().unwrap();
+        let v4: SocketAddr = "192.0.2.1:7".parse().unwrap();
+        let both = [v6, v4];
+        assert_eq!(pick(&both, None), Some(v6));
+        assert_eq!(pick(&both, Some(Ipv6Addr::UNSPECIFIED.into())), Some(v6));
+        // A socket bound to an IPv4 address cannot send to an IPv6 one (EAFNOSUPPORT).
+        assert_eq!(pick(&both, Some([192, 0, 2, 9].into())), Some(v4));
+        assert_eq!(pick(&both, Some(Ipv4Addr::UNSPECIFIED.into())), Some(v4));
+        let v6_bind: IpAddr = "2001:db8::9".parse().unwrap();
+        assert_eq!(pick(&[v4, v6], Some(v6_bind)), Some(v6));
+        assert_eq!(pick(&[v6], Some([192, 0, 2, 9].into())), None);
     }
 
     #[test]
