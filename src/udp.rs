@@ -467,10 +467,27 @@ mod tests {
     #[test]
     fn dual_stack_by_default() {
         let udp = bind(bind_address(None, 0), 1 << 16, true).unwrap();
-        assert!(udp.local.is_ipv6() || udp.local.is_ipv4());
+        // The IPv6 wildcard, unless this host has no IPv6 (then the IPv4 fallback).
+        assert!(udp.local.ip().is_unspecified(), "{}", udp.local);
+        // An IPv4 datagram reaches it (a send succeeds whether or not it does).
         let probe = UdpSocket::bind("127.0.0.1:0").unwrap();
         probe
             .send_to(b"x", (Ipv4Addr::LOCALHOST, udp.local.port()))
             .unwrap();
+        // The tunnel's socket is non-blocking; wait here, at most 5 s.
+        udp.socket.set_nonblocking(false).unwrap();
+        udp.socket
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 8];
+        let (n, from) = udp
+            .socket
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("no IPv4 datagram reached {}: {e}", udp.local));
+        assert_eq!(&buf[..n], b"x");
+        assert_eq!(
+            lametun_core::forwarder::canonical(from),
+            probe.local_addr().unwrap()
+        );
     }
 }
