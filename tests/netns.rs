@@ -859,27 +859,43 @@ fn go_lametun() -> Option<PathBuf> {
         if !std::path::Path::new(xsys).exists() {
             return Err("golang.org/x/sys is not installed (package golang-golang-x-sys-dev)".into());
         }
-        let dir = std::env::temp_dir().join(format!("lametun-go-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-        std::fs::write(dir.join("main.go"), code).map_err(|e| e.to_string())?;
-        std::fs::write(
-            dir.join("go.mod"),
-            format!("module lametun\n\ngo 1.19\n\nrequire golang.org/x/sys v0.3.0\n\nreplace golang.org/x/sys => {xsys}\n"),
-        )
-        .map_err(|e| e.to_string())?;
-        let out = std::process::Command::new("go")
-            .args(["build", "-o", "lametun-go", "."])
-            .current_dir(&dir)
-            .env("GOFLAGS", "-mod=mod")
-            .env("GOPROXY", "off")
-            .env("GOTOOLCHAIN", "local")
-            .env("GOCACHE", dir.join("cache"))
-            .output()
-            .map_err(|e| format!("`go` is not installed (package golang-go): {e}"))?;
-        if !out.status.success() {
-            return Err(format!("go build failed: {}", String::from_utf8_lossy(&out.stderr)));
+        // Kept in cargo's tmp dir under the hash of the source, and reused: a run
+        // leaves one binary per version of the article's code, not a build per run.
+        let hash = ring::digest::digest(&ring::digest::SHA256, code.as_bytes());
+        let key: String = hash.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        let bin = tmp.join(format!("lametun-go-{key}"));
+        if bin.exists() {
+            return Ok(bin);
         }
-        Ok(dir.join("lametun-go"))
+        // Built in a directory of this process (with its Go cache), removed afterwards
+        // whether the build worked or not.
+        let dir = tmp.join(format!("lametun-go-build-{}", std::process::id()));
+        let built = (|| -> Result<(), String> {
+            std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("main.go"), &code).map_err(|e| e.to_string())?;
+            std::fs::write(
+                dir.join("go.mod"),
+                format!("module lametun\n\ngo 1.19\n\nrequire golang.org/x/sys v0.3.0\n\nreplace golang.org/x/sys => {xsys}\n"),
+            )
+            .map_err(|e| e.to_string())?;
+            let out = std::process::Command::new("go")
+                .args(["build", "-o", "lametun-go", "."])
+                .current_dir(&dir)
+                .env("GOFLAGS", "-mod=mod")
+                .env("GOPROXY", "off")
+                .env("GOTOOLCHAIN", "local")
+                .env("GOCACHE", dir.join("cache"))
+                .output()
+                .map_err(|e| format!("`go` is not installed (package golang-go): {e}"))?;
+            if !out.status.success() {
+                return Err(format!("go build failed: {}", String::from_utf8_lossy(&out.stderr)));
+            }
+            // Atomic: a test process building the same code at once writes the same file.
+            std::fs::rename(dir.join("lametun-go"), &bin).map_err(|e| e.to_string())
+        })();
+        let _ = std::fs::remove_dir_all(&dir);
+        built.map(|()| bin)
     });
     match built {
         Ok(p) => Some(p.clone()),
