@@ -1140,7 +1140,11 @@ fn demo_stops_promptly_and_cleans_up_on_ctrl_c() {
         }
         let took = sent.elapsed();
         if status.is_none() {
-            let _ = child.kill();
+            // The whole group, by its id: the demo and what it started (its tunnels).
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(-(pid as i32)),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
