@@ -11,32 +11,8 @@ set -euo pipefail
 MODE=${1:-plain}; SECS=${2:-8}
 HERE=$(cd "$(dirname "$0")" && pwd); BIN=$(dirname "$HERE")/target/release/lametun
 [ -x "$BIN" ] || { echo "build first: cargo build --release" >&2; exit 2; }
-S=ltprofS$$; C=ltprofC$$; W=$(mktemp -d /tmp/lametun-profile.XXXXXX)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  ip netns del $S 2>/dev/null || true; ip netns del $C 2>/dev/null || true
-  echo "profile data kept in $W"
-}
-trap cleanup EXIT
-ip netns add $S; ip netns add $C
-ip link add vS netns $S type veth peer name vC netns $C
-ip -n $S addr add 10.98.0.1/24 dev vS; ip -n $C addr add 10.98.0.2/24 dev vC
-ip -n $S link set vS up; ip -n $C link set vC up; ip -n $S link set lo up; ip -n $C link set lo up
-extra=()
-if [ "$MODE" = enc ]; then
-  (umask 077; "$BIN" genkey "$W/psk" >/dev/null)
-  for role in server client; do
-    if [ $role = server ]; then peer="listen: true"; else peer="server: 10.98.0.1"; fi
-    printf 'device: { name: tun0, packet_info: false }\npeer: { %s, port: 1234 }\npipeline:\n  - { type: chacha20poly1305, key_file: %s }\n' \
-      "$peer" "$W/psk" > "$W/$role.yaml"
-  done
-fi
-cfg() { [ "$MODE" = enc ] && echo "--config $W/$1.yaml" || true; }
-ip netns exec $S "$BIN" -listen -device ltp0 --address 172.31.99.1/24 $(cfg server) >"$W/server.log" 2>&1 & pids+=($!); SP=$!
-ip netns exec $C "$BIN" -server 10.98.0.1 -device ltp0 --address 172.31.99.2/24 $(cfg client) >"$W/client.log" 2>&1 & pids+=($!); CP=$!
-for _ in $(seq 50); do ip netns exec $C ping -c1 -W1 172.31.99.1 >/dev/null 2>&1 && break; sleep 0.1; done
+TAG=prof; KEEP_W=1
+. "$HERE/pair.sh"
 ip netns exec $S timeout $((SECS + 10)) iperf3 -s -1 >/dev/null 2>&1 & pids+=($!)
 sleep 0.3
 perf record -g -o "$W/server.data" -p $SP -- sleep "$SECS" >/dev/null 2>&1 & pids+=($!)

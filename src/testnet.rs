@@ -280,6 +280,21 @@ impl Bench {
         }
     }
 
+    /// Waits up to `within` for process `name` to exit by itself: its exit code (as
+    /// [`exit_status`](Self::exit_status)), or `None` if it still runs.
+    pub fn wait_exit(&mut self, name: &str, within: Duration) -> Option<Option<i32>> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(code) = self.exit_status(name) {
+                return Some(code);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Ends process `name`: SIGTERM, up to 5 s to exit, then SIGKILL. Returns its exit
     /// code if it exited by itself after SIGTERM.
     pub fn stop(&mut self, name: &str) -> Option<i32> {

@@ -214,9 +214,14 @@ pub(crate) fn start_pair(
 /// Starts the client ("client": IPv4 inside, the server's IPv4 underlay address, `extra`)
 /// and waits until it reaches the server. Returns its PID.
 fn start_client(b: &mut Bench, extra: &[&str]) -> u32 {
+    start_client_to(b, SERVER_UL, extra)
+}
+
+/// [`start_client`] to the server's underlay address `server` (IPv4 or IPv6).
+fn start_client_to(b: &mut Bench, server: &str, extra: &[&str]) -> u32 {
     let mut args = vec![
         "-server",
-        SERVER_UL,
+        server,
         "-device",
         "tun0",
         "--address",
@@ -279,20 +284,7 @@ fn ipv6_outer_transport() {
         &["-listen", "-device", "tun0", "--address", SERVER_CIDR],
     )
     .unwrap();
-    b.lametun(
-        Side::Client,
-        "client",
-        &[
-            "-server",
-            SERVER_UL6,
-            "-device",
-            "tun0",
-            "--address",
-            CLIENT_CIDR,
-        ],
-    )
-    .unwrap();
-    wait_up(&b);
+    start_client_to(&mut b, SERVER_UL6, &[]);
     tcp_intact(&b, Side::Server, testnet::addr(SERVER_TUN, 5003), 10 << 20);
     let log = b.log("server");
     assert!(
@@ -350,22 +342,7 @@ fn the_server_keeps_ipv6_in_the_tunnel_when_an_ipv6_peer_lowers_its_mtu() {
         &["--config", config.to_str().unwrap()],
     )
     .unwrap();
-    b.lametun(
-        Side::Client,
-        "client",
-        &[
-            "-server",
-            SERVER_UL6,
-            "-device",
-            "tun0",
-            "--address",
-            CLIENT_CIDR,
-            "--mtu",
-            "1268",
-        ],
-    )
-    .unwrap();
-    wait_up(&b);
+    start_client_to(&mut b, SERVER_UL6, &["--mtu", "1268"]);
     assert!(b.log("server").contains("MTU 1288"), "{}", b.log("server"));
     // The follower runs once a second; give it a few.
     std::thread::sleep(Duration::from_secs(3));
@@ -697,17 +674,9 @@ fn a_device_in_use_is_refused() {
         &["-listen", "-device", "tun0", "-port", "4321"],
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(code) = b.exit_status("second") {
-            break code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a second lametun on the same device kept running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = b
+        .wait_exit("second", Duration::from_secs(5))
+        .expect("a second lametun on the same device kept running");
     assert_eq!(code, Some(2));
     assert!(
         b.log("second").contains("TUN device tun0 is in use"),
@@ -753,20 +722,6 @@ fn a_config_file_runs_a_tunnel() {
     assert!(String::from_utf8_lossy(&routes.stdout).contains("172.16.0.0/12"));
 }
 
-/// Waits (at most 5 s) for process `name` to exit; its exit code, or `None` if it runs on.
-fn exit_within_5s(b: &mut Bench, name: &str) -> Option<Option<i32>> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(code) = b.exit_status(name) {
-            return Some(code);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// A route of `routes:` that the host has already through another device is not taken
 /// over (it would be gone for good once the tunnel stops): lametun refuses to start and
 /// says why. One that already goes through the device (a persistent device, a restart)
@@ -793,7 +748,7 @@ fn a_route_the_host_has_through_another_device_is_left_alone() {
         let name = format!("conflict{family}");
         b.lametun(Side::Client, &name, &["--config", config.to_str().unwrap()])
             .unwrap();
-        let code = exit_within_5s(&mut b, &name);
+        let code = b.wait_exit(&name, Duration::from_secs(5));
         let routes = b
             .exec(Side::Client, &["ip", family, "route", "show", net])
             .unwrap();
@@ -1042,17 +997,9 @@ fn a_port_in_use_is_refused() {
         &["-listen", "-device", "tun1", "-port", "1234"],
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(code) = b.exit_status("second") {
-            break code;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a second lametun on a port in use kept running"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = b
+        .wait_exit("second", Duration::from_secs(5))
+        .expect("a second lametun on a port in use kept running");
     assert_eq!(code, Some(2));
     assert!(
         b.log("second").contains("UDP port 1234 is in use"),

@@ -239,14 +239,9 @@ fn a_stats_port_in_use_stops_the_tunnel_at_start_up() {
         &["--config", second.to_str().unwrap()],
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let code = loop {
-        if let Some(code) = b.exit_status("second") {
-            break code;
-        }
-        assert!(Instant::now() < deadline, "the second lametun kept running");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let code = b
+        .wait_exit("second", Duration::from_secs(5))
+        .expect("the second lametun kept running");
     assert_eq!(code, Some(2), "{}", b.log("second"));
     let log = b.log("second");
     assert!(

@@ -225,28 +225,59 @@ async fn the_client_explains_what_is_wrong() {
     // An HTTP server that is not lametun.
     let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let other_addr = other.local_addr().unwrap();
-    let fake = tokio::spawn(async move {
-        for _ in 0..2 {
-            let (mut s, _) = other.accept().await.unwrap();
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
-            let body = "node_cpu_seconds_total{cpu=\"0\"} 1\n";
-            let _ = s
-                .write_all(
-                    format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .as_bytes(),
-                )
-                .await;
-        }
-    });
+    let page = "node_cpu_seconds_total{cpu=\"0\"} 1\n".to_owned();
+    let fake = tokio::spawn(serve_pages(other, vec![page.clone(), page]));
     let url = format!("http://{other_addr}/metrics");
     let err = blocking(move || client::fetch(&url)).await.unwrap_err();
     assert!(err.contains("no lametun metrics"), "{err}");
     let url = format!("http://{other_addr}/metrics");
     let _ = blocking(move || client::fetch(&url)).await;
     fake.await.unwrap();
+}
+
+/// A tunnel that restarted between two scrapes (its uptime went back) gets averages
+/// since its start, not rates and changes against the old tunnel's counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_does_not_compare_a_restarted_tunnel_with_the_old_one() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Three scrapes: up 100 s, then (restarted) up 2 s, then up 3 s.
+    let pages = [(100, 5000), (2, 10), (3, 20)]
+        .map(|(uptime, packets)| {
+            format!("lametun_uptime_seconds {uptime}\nlametun_tun_rx_packets_total {packets}\n")
+        })
+        .to_vec();
+    let server = tokio::spawn(serve_pages(listener, pages));
+    let url = format!("http://{addr}/metrics");
+    let out = blocking(move || {
+        let mut out = Vec::new();
+        client::watch(&url, Duration::from_millis(100), Some(3), false, &mut out).map(|()| out)
+    })
+    .await
+    .unwrap();
+    server.await.unwrap();
+    let out = String::from_utf8(out).unwrap();
+    // The first table and the one after the restart: averages; the third: rates.
+    assert_eq!(out.matches("average rates since start").count(), 2, "{out}");
+    assert_eq!(out.matches("rates over the last").count(), 1, "{out}");
+}
+
+/// An HTTP server that answers one request per connection with each of `pages` in turn,
+/// then stops.
+async fn serve_pages(listener: tokio::net::TcpListener, pages: Vec<String>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    for body in pages {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = s.read(&mut buf).await;
+        let _ = s
+            .write_all(
+                format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+                .as_bytes(),
+            )
+            .await;
+    }
 }
